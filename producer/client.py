@@ -1,0 +1,255 @@
+"""Python client: enqueue turns, wait for them, read transcripts.
+
+    client = Client.from_settings()                 # or: async with AsyncClient.from_settings()
+    turn = client.enqueue(session_id, user_id, content, idempotency_key=None)
+    done = client.wait(turn.id, timeout=60)         # status, output, error, usage
+    items = client.history(session_id, user_id)     # the transcript, oldest first
+
+A turn is *accepted* once it is committed to Postgres; only then is the kick sent
+to Redis.  A kick that cannot be sent is logged and left to the beat reaper, so
+an accepted turn is never lost (I3).  Kicks carry the internal session id only,
+never content (I10).  Session ids are scoped to their user: another user's
+session is indistinguishable from one that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+from celery import Celery
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.celery_app import make_celery
+from shared.errors import SessionNotFound, TurnNotFound, WaitTimeout
+from shared.loop import LoopThread
+from shared.settings import Settings, get_settings
+from shared.status import TurnStatus
+from shared.store import Item, SessionRecord, Store, TurnRecord, create_engine
+from shared.validation import check_content, check_id, check_optional_key, check_turn_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An accepted turn: committed to Postgres, kick sent."""
+
+    id: str
+    session_id: str
+    seq: int
+    status: TurnStatus
+    created: bool  # False when an idempotency key returned an earlier turn
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    id: str
+    session_id: str
+    seq: int
+    status: TurnStatus
+    input: str
+    output: str | None
+    error: str | None
+    usage: dict[str, Any] | None
+    attempts: int
+    context_tokens: int | None
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in (TurnStatus.SUCCEEDED, TurnStatus.FAILED, TurnStatus.CANCELLED)
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        return (self.started_at - self.queued_at).total_seconds() if self.started_at else None
+
+    @property
+    def run_s(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @classmethod
+    def of(cls, t: TurnRecord) -> TurnResult:
+        return cls(
+            id=t.id,
+            session_id=t.session_key,
+            seq=t.seq,
+            status=t.status,
+            input=t.input,
+            output=t.output,
+            error=t.error,
+            usage=t.usage,
+            attempts=t.attempts,
+            context_tokens=t.context_tokens,
+            queued_at=t.queued_at,
+            started_at=t.started_at,
+            finished_at=t.finished_at,
+        )
+
+
+class AsyncClient:
+    def __init__(self, settings: Settings, store: Store, redis: aioredis.Redis, celery: Celery):
+        self.settings = settings
+        self.store = store
+        self.redis = redis
+        self.celery = celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> AsyncClient:
+        s = settings or get_settings()
+        return cls(
+            s,
+            Store(create_engine(s.require_database_url())),
+            aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10),
+            make_celery(s),
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.redis.aclose()
+
+    # ------------------------------------------------------------------ writes
+    async def enqueue(
+        self,
+        session_id: str,
+        user_id: str,
+        content: str,
+        idempotency_key: str | None = None,
+    ) -> Turn:
+        s = self.settings
+        check_id("session_id", session_id, s.max_id_length)
+        check_id("user_id", user_id, s.max_id_length)
+        check_content(content, s.max_content_bytes)
+        check_optional_key("idempotency_key", idempotency_key, s.max_id_length)
+        record, created = await self.store.enqueue(user_id, session_id, content, idempotency_key)
+        if created or not record.terminal:
+            await self._kick(record.session_id)
+        return Turn(record.id, session_id, record.seq, record.status, created)
+
+    async def _kick(self, internal_session_id: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.celery.send_task, keys.DRAIN_TASK, args=[internal_session_id]
+            )
+        except Exception:  # the turn is committed: the reaper will kick it
+            log.warning("kick not sent; the reaper will pick the turn up", exc_info=True)
+
+    # ------------------------------------------------------------------ reads
+    async def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnResult:
+        tid = check_turn_id(turn_id)
+        if user_id is not None:
+            check_id("user_id", user_id, self.settings.max_id_length)
+        record = await self.store.get_turn(tid, user_id)
+        if record is None:
+            raise TurnNotFound(turn_id)
+        return TurnResult.of(record)
+
+    async def wait(
+        self, turn_id: str, timeout: float = 60.0, user_id: str | None = None
+    ) -> TurnResult:
+        """Block until the turn is terminal; woken by the worker's event, checked in Postgres."""
+        deadline = time.monotonic() + timeout
+        key = keys.events_key(check_turn_id(turn_id))
+        last_id = "0-0"
+        while True:
+            result = await self.get_turn(turn_id, user_id)
+            if result.terminal:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"turn {turn_id} still {result.status.value} after {timeout}s")
+            try:
+                got = await self.redis.xread(
+                    {key: last_id}, block=max(1, int(min(remaining, 1.0) * 1000)), count=100
+                )
+                for _, entries in got or []:
+                    if entries:
+                        last_id = entries[-1][0]
+            except (RedisError, OSError):
+                await asyncio.sleep(min(remaining, 0.25))
+
+    async def session(self, session_id: str, user_id: str) -> SessionRecord:
+        check_id("session_id", session_id, self.settings.max_id_length)
+        check_id("user_id", user_id, self.settings.max_id_length)
+        record = await self.store.get_session(user_id, session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        return record
+
+    async def history(self, session_id: str, user_id: str) -> list[Item]:
+        record = await self.session(session_id, user_id)
+        return [item for _, _, item in await self.store.history(record.id)]
+
+    async def turns(self, session_id: str, user_id: str) -> list[TurnResult]:
+        record = await self.session(session_id, user_id)
+        return [TurnResult.of(t) for t in await self.store.turns_of(record.id)]
+
+
+class Client:
+    """The same API, blocking; runs an AsyncClient on a private loop thread."""
+
+    def __init__(self, inner: AsyncClient, portal: LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Client:
+        portal = LoopThread("turnq-client")
+        return cls(AsyncClient.from_settings(settings), portal)
+
+    @property
+    def settings(self) -> Settings:
+        return self._inner.settings
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._portal.run(self._inner.close(), timeout=10)
+        finally:
+            self._portal.stop()
+
+    def enqueue(
+        self, session_id: str, user_id: str, content: str, idempotency_key: str | None = None
+    ) -> Turn:
+        return self._portal.run(self._inner.enqueue(session_id, user_id, content, idempotency_key))
+
+    def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnResult:
+        return self._portal.run(self._inner.get_turn(turn_id, user_id))
+
+    def wait(self, turn_id: str, timeout: float = 60.0, user_id: str | None = None) -> TurnResult:
+        return self._portal.run(self._inner.wait(turn_id, timeout, user_id))
+
+    def session(self, session_id: str, user_id: str) -> SessionRecord:
+        return self._portal.run(self._inner.session(session_id, user_id))
+
+    def history(self, session_id: str, user_id: str) -> list[Item]:
+        return self._portal.run(self._inner.history(session_id, user_id))
+
+    def turns(self, session_id: str, user_id: str) -> list[TurnResult]:
+        return self._portal.run(self._inner.turns(session_id, user_id))

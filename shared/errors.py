@@ -1,0 +1,65 @@
+"""Typed errors every entry point (Python client, HTTP, CLI) maps to a clear message.
+
+``NotFound`` is deliberately the same for "does not exist" and "belongs to someone
+else": a caller can never tell the two apart (I10).
+"""
+
+from __future__ import annotations
+
+
+class TurnqError(Exception):
+    """Base class; ``code`` is stable and machine-readable (HTTP maps it to a status)."""
+
+    code = "turnq_error"
+
+
+class InvalidInput(TurnqError, ValueError):
+    code = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ContentTooLarge(InvalidInput):
+    code = "content_too_large"
+
+
+class NotFound(TurnqError, LookupError):
+    code = "not_found"
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} not found")
+
+
+class TurnNotFound(NotFound):
+    code = "turn_not_found"
+
+    def __init__(self, turn_id: str) -> None:
+        super().__init__(f"turn {turn_id!r} not found")
+
+
+class IdempotencyConflict(TurnqError):
+    code = "idempotency_conflict"
+
+    def __init__(self, key: str, turn_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for turn {turn_id} with different content"
+        )
+        self.key = key
+        self.turn_id = turn_id
+
+
+class Fenced(TurnqError):
+    """A worker's write was refused: another worker took the session over (I1)."""
+
+    code = "fenced"
+
+
+class WaitTimeout(TurnqError, TimeoutError):
+    code = "wait_timeout"

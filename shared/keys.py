@@ -1,0 +1,52 @@
+"""Every Redis key, TTL, channel and Celery queue/task name turnq uses.
+
+Keys are built by functions so the layout lives in one place:
+
+    lock_key(sid)    turnq:lock:{sid}     STRING  holder's random token; PX = lock TTL.
+                                         Set NX on acquire, renewed and deleted only by token
+                                         (see lock_renew.lua / lock_release.lua).
+    events_key(tid)  turnq:events:{tid}  STREAM  status changes and deltas of one turn;
+                                         EXPIRE events_ttl_s after each write.  Readers
+                                         (client.wait, SSE) block on it and then read Postgres,
+                                         which stays the truth.
+    reaper_key()     turnq:reaper        STRING  single-sweeper lock for the beat reaper.
+
+``namespace`` (Settings.namespace) is prefixed to every key and queue so several
+deployments, or parallel test runs, can share one Redis.  Postgres is the source
+of truth: losing every key here (FLUSHALL) only delays turns until the reaper
+re-kicks them.
+"""
+
+from __future__ import annotations
+
+from shared.settings import get_settings
+
+# Celery task names (the client sends by name; it never imports workers/).
+DRAIN_TASK = "turnq.drain"
+COMPACT_TASK = "turnq.compact"
+REAP_TASK = "turnq.reap"
+
+TURNS_QUEUE = "turns"
+SUMMARIZE_QUEUE = "summarize"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def _ns() -> str:
+    return get_settings().namespace
+
+
+def queue(name: str) -> str:
+    """The broker queue name for a logical queue (``turns``, ``summarize``...)."""
+    return f"{_ns()}{name}"
+
+
+def lock_key(session_id: str) -> str:
+    return f"{_ns()}turnq:lock:{session_id}"
+
+
+def events_key(turn_id: str) -> str:
+    return f"{_ns()}turnq:events:{turn_id}"
+
+
+def reaper_key() -> str:
+    return f"{_ns()}turnq:reaper"

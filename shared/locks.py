@@ -1,0 +1,91 @@
+"""Per-session Redis lock: token-owned, TTL-bounded, heartbeated, released by token.
+
+    lock = SessionLock(redis, session_id, ttl_s=30)
+    if await lock.acquire():
+        async with lock.heartbeat(on_lost=task.cancel):
+            ...                       # run the session's turns
+        await lock.release()
+
+The lock only saves duplicate model calls; correctness comes from the fence that
+the holder bumps in Postgres right after acquiring (I1).  The token is owned
+explicitly (not per thread, unlike redis-py's ``Lock``) so the heartbeat task can
+renew it, and release/renew are Lua compare-and-act scripts (never a blind DEL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared.keys import lock_key
+
+log = logging.getLogger(__name__)
+
+_LUA = Path(__file__).parent / "lua"
+RELEASE = (_LUA / "lock_release.lua").read_text()
+RENEW = (_LUA / "lock_renew.lua").read_text()
+
+
+class SessionLock:
+    def __init__(
+        self, redis: aioredis.Redis, session_id: str, ttl_s: float, heartbeat_s: float | None = None
+    ) -> None:
+        self.redis = redis
+        self.key = lock_key(session_id)
+        self.token = secrets.token_hex(16)
+        self.ttl_ms = int(ttl_s * 1000)
+        self.heartbeat_s = heartbeat_s or ttl_s / 3
+        self.lost = False
+
+    async def acquire(self) -> bool:
+        return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    async def release(self) -> bool:
+        try:
+            return bool(await self.redis.eval(RELEASE, 1, self.key, self.token))
+        except RedisError:
+            log.warning("lock release failed; it expires by TTL", extra={"lock": self.key})
+            return False
+
+    async def renew(self) -> bool:
+        """True while we hold the lock (re-taking it if Redis lost the key)."""
+        result = await self.redis.eval(RENEW, 1, self.key, self.token, str(self.ttl_ms))
+        return int(result) in (1, 2)
+
+    async def holder(self) -> str | None:
+        value = await self.redis.get(self.key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    @contextlib.asynccontextmanager
+    async def heartbeat(self, on_lost: Callable[[], object] | None = None) -> AsyncIterator[None]:
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.heartbeat_s)
+                try:
+                    held = await self.renew()
+                except RedisError:
+                    # Redis is unreachable: keep going; if it stays away past the TTL
+                    # someone else may take over and the fence refuses our write.
+                    log.warning("lock heartbeat could not reach Redis", extra={"lock": self.key})
+                    continue
+                if not held:
+                    self.lost = True
+                    log.warning("session lock lost to another worker", extra={"lock": self.key})
+                    if on_lost is not None:
+                        on_lost()
+                    return
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,130 @@
+"""Postgres schema (SQLAlchemy Core).  Alembic migrations in ``ops/migrations`` create it.
+
+Three tables, Postgres being the source of truth for everything:
+
+* ``sessions`` — one row per (owner, session key).  Session keys are chosen by the
+  caller and are scoped to the owning user: two users who both say "support-1"
+  get two unrelated sessions, so nobody can write to, read, or even probe the
+  existence of another user's session (I10).  ``id`` is the internal UUID every
+  task message, lock and item carries.  ``fence`` is bumped by every worker that
+  takes the session's lock; every write a worker makes checks it (I1).
+  ``turn_count`` hands out per-session sequence numbers (I2), ``item_count`` the
+  next item position.
+* ``turns`` — one row per accepted turn; at most one ``running`` per session
+  (partial unique index).  ``idempotency_key`` is unique per session.
+* ``items`` — the transcript: append-only SDK input items (JSONB) by position,
+  tagged with their turn.  Writing a turn inserts only its new rows, so the cost
+  does not grow with history (the naive design rewrites one JSON blob per turn).
+  ``compaction_mark`` on the session is the first position the model still sees
+  verbatim; compaction moves the mark and never deletes items (I9).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from shared.status import TurnStatus
+
+metadata = MetaData()
+
+_STATUSES = ", ".join(f"'{s.value}'" for s in TurnStatus)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("turn_count", Integer, nullable=False, server_default="0"),
+    Column("item_count", BigInteger, nullable=False, server_default="0"),
+    Column("fence", BigInteger, nullable=False, server_default="0"),
+    Column("context_tokens", Integer, nullable=False, server_default="0"),
+    Column("transcript_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("compaction_mark", BigInteger, nullable=False, server_default="0"),
+    Column("summary", Text, nullable=True),
+    Column("summary_tokens", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("user_id", "key", name="sessions_user_key"),
+    Index("sessions_user_updated", "user_id", "updated_at"),
+)
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column(
+        "session_id",
+        UUID(as_uuid=False),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("seq", Integer, nullable=False),
+    Column("status", Text, nullable=False, server_default=TurnStatus.QUEUED.value),
+    Column("input", Text, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("usage", JSONB, nullable=True),
+    Column("context_tokens", Integer, nullable=True),
+    Column("idempotency_key", Text, nullable=True),
+    Column("fence", BigInteger, nullable=True),
+    Column("queued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("last_kick_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(f"status IN ({_STATUSES})", name="turns_status_valid"),
+    UniqueConstraint("session_id", "seq", name="turns_session_seq"),
+    UniqueConstraint("session_id", "idempotency_key", name="turns_session_idempotency"),
+    Index(
+        "turns_one_running_per_session",
+        "session_id",
+        unique=True,
+        postgresql_where=text("status = 'running'"),
+    ),
+    Index(
+        "turns_pending",
+        "session_id",
+        "seq",
+        postgresql_where=text("status IN ('queued', 'running')"),
+    ),
+    Index(
+        "turns_pending_age",
+        "queued_at",
+        postgresql_where=text("status IN ('queued', 'running')"),
+    ),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column(
+        "session_id",
+        UUID(as_uuid=False),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", BigInteger, nullable=False),
+    Column("turn_id", UUID(as_uuid=False), ForeignKey("turns.id", ondelete="CASCADE")),
+    Column("item", JSONB, nullable=False),
+    Column("tokens", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("session_id", "position", name="items_pkey"),
+    Index("items_turn", "turn_id"),
+)

@@ -1,0 +1,162 @@
+"""The one place turnq reads its configuration from (environment, prefix ``TURNQ_``).
+
+    from shared.settings import get_settings
+    s = get_settings()            # cached; tests call get_settings.cache_clear()
+    s.redis_url, s.database_url   # None until a dev stack or the environment provides them
+
+No other module reads ``os.environ``.  URLs may be left unset: ``turnq dev`` and
+``turnq demo`` then start an embedded Redis and Postgres and write their
+addresses to ``<data_dir>/stack.json``, which every later process picks up.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STACK_FILE = "stack.json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TURNQ_", extra="ignore")
+
+    # --- where things are -------------------------------------------------
+    redis_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path(".turnq")
+    namespace: str = Field(
+        default="",
+        description="Prefix for every Redis key and Celery queue, so several "
+        "deployments (or test runs) can share one Redis.",
+        pattern=r"^[a-z0-9_\-:]{0,40}$",
+    )
+    env: Literal["dev", "test", "prod"] = "dev"
+
+    # --- the agent and its model ------------------------------------------
+    agent: str = "shared.demo_agent:build_agent"
+    model_provider: Literal["auto", "offline", "openai"] = "auto"
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("TURNQ_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("TURNQ_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+    openai_api: Literal["responses", "chat"] = "responses"
+    chat_model: str = "gpt-4.1-mini"
+    summarizer_model: str = "gpt-4.1-nano"
+    tracing: bool = False
+    model_timeout_s: float = 120.0
+    model_retries: int = Field(default=3, ge=0, le=10)
+    model_retry_backoff_s: float = 0.5
+
+    # --- turn pipeline ----------------------------------------------------
+    lock_ttl_s: float = Field(default=30.0, gt=0.2)
+    heartbeat_s: float | None = None  # default: lock_ttl_s / 3
+    turn_timeout_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    max_content_bytes: int = Field(default=32 * 1024, ge=1)
+    max_id_length: int = Field(default=128, ge=8, le=512)
+    events_ttl_s: int = 3600
+
+    # --- celery -----------------------------------------------------------
+    worker_concurrency: int = Field(default=200, ge=1)
+    worker_pool: Literal["threads", "prefork", "solo", "gevent"] = "threads"
+    visibility_timeout_s: int = 3600
+    task_events: bool = True
+
+    # --- beat -------------------------------------------------------------
+    reaper_interval_s: float = 10.0
+    reaper_stale_s: float = 30.0
+
+    @field_validator("redis_url", "database_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, v: str | None) -> str | None:
+        """Accept the usual spellings and normalise to SQLAlchemy's psycopg 3 driver."""
+        if v is None:
+            return v
+        for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+            if v.startswith(prefix):
+                return "postgresql+psycopg://" + v[len(prefix) :]
+        if not v.startswith("postgresql+psycopg://"):
+            raise ValueError("database_url must be a postgresql:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _from_stack_file(self) -> Settings:
+        """Fill unset URLs from a running dev stack (``turnq dev`` writes the file)."""
+        if self.redis_url and self.database_url:
+            return self
+        stack = read_stack_file(self.data_dir)
+        if stack:
+            self.redis_url = self.redis_url or stack.get("redis_url")
+            if not self.database_url and stack.get("database_url"):
+                self.database_url = self._psycopg_driver(stack["database_url"])
+        return self
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_prod(self) -> Settings:
+        if self.env == "prod" and self.openai_api_key in {"changeme", "sk-placeholder", ""}:
+            raise ValueError("refusing to start in prod with a placeholder OPENAI_API_KEY")
+        return self
+
+    # --- derived ------------------------------------------------------------
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_s if self.heartbeat_s else self.lock_ttl_s / 3
+
+    @property
+    def use_offline_model(self) -> bool:
+        if self.model_provider == "offline":
+            return True
+        if self.model_provider == "openai":
+            return False
+        return not (self.openai_api_key or self.openai_base_url)
+
+    @property
+    def sync_database_url(self) -> str:
+        return self.require_database_url()
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "TURNQ_DATABASE_URL is not set and no dev stack is running "
+                f"(no {self.data_dir / STACK_FILE}); set it, or start `turnq dev`"
+            )
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "TURNQ_REDIS_URL is not set and no dev stack is running "
+                f"(no {self.data_dir / STACK_FILE}); set it, or start `turnq dev`"
+            )
+        return self.redis_url
+
+    @property
+    def libpq_database_url(self) -> str:
+        """The URL in libpq form (for psql, psycopg.connect)."""
+        return self.require_database_url().replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def read_stack_file(data_dir: Path) -> dict[str, str] | None:
+    path = Path(data_dir) / STACK_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,63 @@
+"""The worker's Celery app: ``celery -A workers.app worker -Q turns -P threads -c 200``.
+
+Tasks are thin adapters: validate the id, hand the coroutine to the process's one
+event loop (``workers.runtime``), and return.  Policy lives in ``workers/turn.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import signals
+
+from shared.celery_app import make_celery
+from shared.keys import DRAIN_TASK, REAP_TASK
+from shared.settings import get_settings
+from workers.reaper import reap
+from workers.runtime import close_runtime, get_runtime
+from workers.turn import drain
+
+log = logging.getLogger(__name__)
+
+app = make_celery(get_settings())
+
+
+def kick(session_id: str) -> None:
+    app.send_task(DRAIN_TASK, args=[session_id])
+
+
+def _valid_uuid(value: object) -> str | None:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
+@app.task(name=DRAIN_TASK, ignore_result=True)
+def drain_task(session_id: Any) -> int:
+    sid = _valid_uuid(session_id)
+    if sid is None:
+        log.error("drain: ignoring a kick with an invalid session id")
+        return 0
+    rt = get_runtime()
+    return rt.run(drain(rt, sid))
+
+
+@app.task(name=REAP_TASK, ignore_result=True)
+def reap_task() -> int:
+    rt = get_runtime()
+    rt.kicker = kick
+    return rt.run(reap(rt))
+
+
+@signals.worker_ready.connect
+def _warm_up(**_: Any) -> None:
+    """Connect and import the agent before the first kick, not during it."""
+    get_runtime().kicker = kick
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    close_runtime()

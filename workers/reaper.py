@@ -1,0 +1,51 @@
+"""Beat job: re-kick sessions whose pending turns have no kick in flight and no live lock.
+
+Postgres says which turns are pending; Redis may have lost their kicks (a flushed
+or restarted Redis, a deleted message) or their worker (kill -9: its lock expires
+after the TTL).  Re-kicking is always safe: a drain that finds the lock held exits,
+one that finds nothing pending returns.  One sweeper at a time (a Redis lock per
+interval), bounded batches, oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from shared import keys
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+async def reap(rt: Runtime) -> int:
+    """Returns how many sessions were re-kicked."""
+    s = rt.settings
+    try:
+        mine = await rt.redis.set(
+            keys.reaper_key(), "1", nx=True, px=max(100, int(s.reaper_interval_s * 900))
+        )
+    except RedisError:
+        log.warning("reaper: Redis unreachable; skipping this pass")
+        return 0
+    if not mine:
+        return 0
+    stale = await rt.store.stale_sessions(s.reaper_stale_s, BATCH)
+    if not stale:
+        return 0
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        for sid in stale:
+            pipe.exists(keys.lock_key(sid))
+        live = await pipe.execute()
+    orphaned = [sid for sid, held in zip(stale, live, strict=True) if not held]
+    for sid in orphaned:
+        await asyncio.to_thread(rt.kicker, sid)
+    # Sessions whose lock is live are marked too, so a big backlog rotates through the batch.
+    await rt.store.mark_kicked(stale)
+    if orphaned:
+        log.info("reaper re-kicked sessions", extra={"count": len(orphaned)})
+    return len(orphaned)

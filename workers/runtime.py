@@ -1,0 +1,104 @@
+"""One long-lived asyncio loop per worker process, shared by every Celery thread.
+
+Celery's ``threads`` pool hands each kick to a thread; the thread submits the
+drain coroutine to this loop and waits.  All model calls, Postgres and Redis I/O
+of the process therefore share one loop, one connection pool and one HTTP client,
+and hundreds of turns are in flight at once while each thread only blocks (I6).
+A single loop also avoids "attached to a different loop" errors that per-task
+``asyncio.run`` causes with pooled async clients.
+
+    rt = get_runtime()
+    rt.run(drain(rt, session_id))
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from agents import Agent, RunConfig
+
+from shared.loop import LoopThread
+from shared.settings import Settings, get_settings
+from shared.store import Store, create_engine
+from workers.agent import load_agent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    portal: LoopThread
+    store: Store
+    redis: aioredis.Redis
+    agent: Agent[Any]
+    run_config: RunConfig
+    kicker: Callable[[str], None] | None = None  # sends a drain kick; set by workers.app
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.portal.run(coro, timeout)
+
+    def close(self) -> None:
+        async def _close() -> None:
+            await self.store.close()
+            await self.redis.aclose()
+
+        try:
+            self.run(_close(), timeout=10)
+        except Exception:  # shutting down: nothing useful to do with it
+            log.exception("runtime close failed")
+        self.portal.stop()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = _build(get_settings())
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.close()
+            _runtime = None
+
+
+def _build(settings: Settings) -> Runtime:
+    portal = LoopThread("turnq-loop")
+
+    async def _connect() -> tuple[Store, aioredis.Redis]:
+        pool = max(10, min(settings.worker_concurrency, 50))
+        store = Store(create_engine(settings.require_database_url(), pool_size=pool))
+        redis = aioredis.Redis.from_url(
+            settings.require_redis_url(),
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=10,
+            max_connections=max(50, settings.worker_concurrency * 2),
+        )
+        return store, redis
+
+    store, redis = portal.run(_connect())
+    agent = load_agent(settings.agent)
+    if agent.model is None or agent.model == "":
+        from shared.models import chat_model
+
+        agent = agent.clone(model=chat_model(settings))
+    run_config = RunConfig(
+        tracing_disabled=not settings.tracing,
+        trace_include_sensitive_data=False,
+    )
+    return Runtime(settings, portal, store, redis, agent, run_config)

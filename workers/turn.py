@@ -1,0 +1,203 @@
+"""Drain a session: run its queued turns one at a time, in order, under its lock.
+
+    await drain(runtime, session_id)
+
+1. ``SET NX`` the session lock; if someone holds it, return at once: the holder
+   will run our turn (I5: no countdown retry, no slot held while waiting).
+2. Bump the session's fence; every write below checks it (I1).
+3. Claim the lowest pending turn, run the agent on the session's context, and
+   commit its items + status in one fenced transaction (I2, I4).  Repeat.
+4. Release the lock, then look once more for a pending turn: a kick that arrived
+   while we held the lock exited, so its turn is ours to run (closes the
+   release/kick race).  Re-acquire if there is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from agents import Runner
+from agents.exceptions import MaxTurnsExceeded, UserError
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.errors import Fenced
+from shared.locks import SessionLock
+from shared.store import Context, TurnRecord
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class _LockLost(Exception):
+    pass
+
+
+async def drain(rt: Runtime, session_id: str) -> int:
+    """Run every pending turn of the session; returns how many this call ran."""
+    ran = 0
+    while True:
+        lock = SessionLock(
+            rt.redis, session_id, rt.settings.lock_ttl_s, rt.settings.heartbeat_interval_s
+        )
+        if not await lock.acquire():
+            log.debug("session busy; the holder drains it", extra={"session_id": session_id})
+            return ran
+        try:
+            ran += await _drain_locked(rt, session_id, lock)
+        finally:
+            await lock.release()
+        if lock.lost or not await rt.store.has_pending(session_id):
+            return ran
+
+
+async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
+    fence = await rt.store.bump_fence(session_id)
+    if fence is None:
+        return 0  # session deleted since the kick
+    me = asyncio.current_task()
+    assert me is not None
+    ran = 0
+    try:
+        async with lock.heartbeat(on_lost=me.cancel):
+            while not lock.lost:
+                turn, gave_up = await rt.store.claim_next(
+                    session_id, fence, rt.settings.max_attempts
+                )
+                for dead in gave_up:
+                    await publish(rt, dead.id, {"type": "status", "status": "failed"})
+                if turn is None:
+                    break
+                await publish(rt, turn.id, {"type": "status", "status": "running"})
+                await run_turn(rt, turn, fence)
+                ran += 1
+    except asyncio.CancelledError:
+        if not lock.lost:
+            raise
+        me.uncancel()
+        log.warning("lock lost mid-turn; stopped", extra={"session_id": session_id})
+    except Fenced:
+        lock.lost = True
+        log.warning("fenced out: another worker owns the session", extra={"session_id": session_id})
+    return ran
+
+
+async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
+    context = await rt.store.load_context(turn.session_id)
+    user_item: dict[str, Any] = {"role": "user", "content": turn.input}
+    model_input = build_model_input(context, user_item)
+    started = time.perf_counter()
+    try:
+        result = await _run_with_retries(rt, model_input, turn)
+    except Exception as exc:
+        error = _describe(exc)
+        await rt.store.fail_turn(turn, fence, error)
+        await publish(rt, turn.id, {"type": "status", "status": "failed", "error": error})
+        log.warning(
+            "turn failed",
+            extra={"turn_id": turn.id, "session_id": turn.session_id, "error": error},
+        )
+        return
+    new_items = [user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)]
+    usage = result.context_wrapper.usage
+    last_input = result.raw_responses[-1].usage.input_tokens if result.raw_responses else None
+    await rt.store.complete_turn(
+        turn,
+        fence,
+        new_items,
+        output=_output_text(result.final_output),
+        usage={
+            "requests": usage.requests,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "model_seconds": round(time.perf_counter() - started, 4),
+        },
+        context_tokens=last_input,
+    )
+    await publish(rt, turn.id, {"type": "status", "status": "succeeded"})
+
+
+def build_model_input(context: Context, user_item: dict[str, Any]) -> list[Any]:
+    prefix: list[Any] = []
+    if context.summary:
+        prefix.append(
+            {"role": "system", "content": f"Summary of the earlier conversation:\n{context.summary}"}
+        )
+    return [*prefix, *context.items, user_item]
+
+
+_PERMANENT = (UserError, MaxTurnsExceeded)
+
+
+async def _run_with_retries(rt: Runtime, model_input: list[Any], turn: TurnRecord) -> Any:
+    """Model calls are at-least-once: transient failures retry in place, with backoff.
+
+    Retrying here (not with a Celery countdown) keeps the session's order and lock.
+    """
+    s = rt.settings
+    attempt = 0
+    while True:
+        try:
+            async with asyncio.timeout(s.turn_timeout_s):
+                return await Runner.run(rt.agent, model_input, run_config=rt.run_config)
+        except _PERMANENT:
+            raise
+        except Exception as exc:
+            if _is_permanent_http(exc) or attempt >= s.model_retries:
+                raise
+            attempt += 1
+            delay = s.model_retry_backoff_s * 2 ** (attempt - 1)
+            log.info(
+                "model call failed; retrying",
+                extra={"turn_id": turn.id, "attempt": attempt, "error": type(exc).__name__},
+            )
+            await asyncio.sleep(delay)
+
+
+def _is_permanent_http(exc: BaseException) -> bool:
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "the turn did not finish within turn_timeout_s"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:2000]
+
+
+def _output_text(output: object) -> str | None:
+    if output is None or isinstance(output, str):
+        return output
+    dump = getattr(output, "model_dump", None)
+    return json.dumps(dump() if callable(dump) else output, default=str)
+
+
+def _jsonable(item: object) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(json.dumps(item, default=_default))
+    return loaded
+
+
+def _default(obj: object) -> object:
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        return dump(exclude_unset=True)
+    return str(obj)
+
+
+async def publish(rt: Runtime, turn_id: str, event: dict[str, Any]) -> None:
+    """Tell waiters (client.wait, SSE) something happened; Postgres stays the truth."""
+    key = keys.events_key(turn_id)
+    fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items()}
+    with contextlib.suppress(RedisError, OSError):
+        async with rt.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, fields, maxlen=1000, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(key, rt.settings.events_ttl_s)
+            await pipe.execute()
+
