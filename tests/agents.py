@@ -1,0 +1,64 @@
+"""Agents for tests, loaded by worker subprocesses through ``TURNQ_AGENT=tests.agents:NAME``.
+
+``EchoModel`` answers ``echo: <last user message> [ctx=<items it saw>]`` after an
+optional delay, so tests can see exactly what context a turn ran with.  A message
+containing ``FAIL-PERMANENT`` makes the model raise a non-retryable error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agents import Agent, Model, ModelResponse, UserError
+from agents.usage import Usage
+from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+
+
+def _last_user_text(items: Any) -> str:
+    if isinstance(items, str):
+        return items
+    for item in reversed(items):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            return content if isinstance(content, str) else str(content)
+    return ""
+
+
+class EchoModel(Model):
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+
+    async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kw: Any) -> ModelResponse:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        text = _last_user_text(input)
+        if "FAIL-PERMANENT" in text:
+            raise UserError("the test asked this turn to fail")
+        n = 1 if isinstance(input, str) else len(input)
+        message = ResponseOutputMessage(
+            id="msg_echo",
+            type="message",
+            role="assistant",
+            status="completed",
+            content=[ResponseOutputText(type="output_text", text=f"echo: {text} [ctx={n}]", annotations=[])],
+        )
+        return ModelResponse(
+            output=[message],
+            usage=Usage(requests=1, input_tokens=10 * n, output_tokens=5, total_tokens=10 * n + 5),
+            response_id=None,
+        )
+
+    def stream_response(self, *args: Any, **kw: Any) -> AsyncIterator[Any]:
+        raise NotImplementedError("EchoModel does not stream")
+
+
+def echo() -> Agent[Any]:
+    return Agent(name="echo", model=EchoModel())
+
+
+def slow_echo() -> Agent[Any]:
+    """Latency from TEST_MODEL_LATENCY_S (default 2 s): long enough to kill or pause a worker mid-turn."""
+    return Agent(name="slow-echo", model=EchoModel(float(os.environ.get("TEST_MODEL_LATENCY_S", "2"))))
