@@ -12,6 +12,7 @@ addresses to ``<data_dir>/stack.json``, which every later process picks up.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -154,7 +155,17 @@ def read_stack_file(data_dir: Path) -> dict[str, str] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int):  # a stack that died without cleaning up is not running
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+    return data
 
 
 @lru_cache(maxsize=1)

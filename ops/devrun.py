@@ -1,0 +1,124 @@
+"""Run the whole system on one machine: what ``turnq dev`` and ``turnq demo`` do.
+
+    with DevRun(get_settings(), console) as run:
+        run.start(workers=1)          # stack (embedded unless URLs are set), migrate, processes
+        client = run.client()
+
+Processes are real: ``celery worker`` and ``celery beat`` subprocesses, exactly what
+production runs, with their logs in ``<data_dir>/logs``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from rich.console import Console
+from rich.table import Table
+
+from ops.devstack import EmbeddedStack, ensure_stack
+from ops.migrate import upgrade
+from ops.processes import BEAT_READY, WORKER_READY, ManagedProcess, beat_command, worker_command
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from producer.client import Client
+
+
+class DevRun:
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self.stack: EmbeddedStack | None = None
+        self.redis_url = ""
+        self.database_url = ""
+        self.processes: list[ManagedProcess] = []
+        self._clients: list[Client] = []
+
+    def start(self, *, workers: int = 1, beat: bool = True) -> None:
+        began = time.monotonic()
+        with self.console.status("starting Redis and Postgres…"):
+            self.stack, self.redis_url, self.database_url = ensure_stack(self.settings)
+        with self.console.status("migrating the database…"):
+            upgrade(self.database_url)
+        # Every process started from here, and this one, uses these URLs.
+        env = {"TURNQ_REDIS_URL": self.redis_url, "TURNQ_DATABASE_URL": self.database_url}
+        os.environ.update(env)
+        get_settings.cache_clear()
+        self.settings = get_settings()
+        logs = self.settings.data_dir / "logs"
+        ns = self.settings.namespace
+        specs: list[tuple[str, list[str], str]] = [
+            (
+                f"worker-{i}",
+                worker_command(
+                    name=f"turns{i}",
+                    queues=[ns + "turns", ns + "maintenance"],
+                    concurrency=self.settings.worker_concurrency,
+                    pool=self.settings.worker_pool,
+                ),
+                WORKER_READY,
+            )
+            for i in range(1, workers + 1)
+        ]
+        if beat:
+            specs.append(("beat", beat_command(self.settings.data_dir / "celerybeat-schedule"), BEAT_READY))
+        with self.console.status(f"starting {len(specs)} processes…"):
+            for name, cmd, ready in specs:
+                proc = ManagedProcess(cmd, env, name, ready=ready, log_path=logs / f"{name}.log")
+                self.processes.append(proc)
+                proc.start()
+        self.console.print(f"[green]up in {time.monotonic() - began:.1f}s[/green]")
+
+    def client(self) -> Client:
+        from producer.client import Client
+
+        c = Client.from_settings(self.settings)
+        self._clients.append(c)
+        return c
+
+    def print_summary(self) -> None:
+        table = Table(title="turnq dev")
+        for col in ("component", "where", "pid / log"):
+            table.add_column(col)
+        kind = "embedded" if self.stack else "configured"
+        table.add_row(f"Redis ({kind})", self.redis_url, "")
+        table.add_row(f"Postgres ({kind})", self.database_url, "")
+        for p in self.processes:
+            table.add_row(p.name, " ".join(p.args[3:7]), f"{p.pid}  {p.log_path}")
+        self.console.print(table)
+        self.console.print(
+            "talk to it:  [bold]turnq chat my-session --user me[/bold]   "
+            f"(finds this stack through {self.settings.data_dir / 'stack.json'})"
+        )
+
+    def watch(self) -> None:
+        """Block until a process dies (reported) or Ctrl-C."""
+        while True:
+            for p in self.processes:
+                if not p.alive():
+                    self.console.print(f"[red]{p.name} exited; see {p.log_path}[/red]")
+                    return
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for c in self._clients:
+            try:
+                c.close()
+            except Exception:
+                self.console.print("[yellow]a client did not close cleanly[/yellow]")
+        for p in reversed(self.processes):
+            p.stop()
+        if self.stack is not None:
+            self.stack.stop()
+            self.stack = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

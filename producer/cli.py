@@ -1,0 +1,229 @@
+"""The ``turnq`` command.
+
+    turnq demo                       # seed conversation through the real queue (embedded stack)
+    turnq dev                        # embedded Redis + Postgres, workers, beat; Ctrl-C stops all
+    turnq chat SESSION --user U      # talk to the agent through the queue
+    turnq worker [--queues turns]    # a Celery worker (exec's `celery -A workers.app worker`)
+    turnq beat | turnq migrate | turnq stub-llm
+
+Worker commands exec Celery rather than importing ``workers/``: the client side
+never imports the consumer side.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.errors import TurnqError
+from shared.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="turnq: durable chat turns")
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+SEED = ["What is the weather in Austin?", "How about Seattle?", "Which city is warmer?"]
+
+
+def main() -> None:
+    try:
+        app()
+    except TurnqError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from exc
+    except RuntimeError as exc:  # configuration problems carry a fix in their message
+        err.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from exc
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated: turns, summarize, maintenance")] = (
+        "turns,maintenance"
+    ),
+    concurrency: Annotated[int | None, typer.Option(help="turns in flight per process")] = None,
+    pool: Annotated[str | None, typer.Option(help="threads (default), prefork, solo")] = None,
+    name: Annotated[str, typer.Option(help="node name prefix")] = "turnq",
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a worker process (Celery, threads pool feeding one asyncio loop)."""
+    from ops.processes import worker_command
+
+    s = get_settings()
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in ("turns", "summarize", "maintenance")]
+    if unknown:
+        raise typer.BadParameter(f"unknown queue(s): {', '.join(unknown)}", param_hint="--queues")
+    cmd = worker_command(
+        name=name,
+        queues=[s.namespace + q for q in names],
+        concurrency=concurrency or s.worker_concurrency,
+        pool=pool or s.worker_pool,
+        loglevel=loglevel,
+    )
+    os.execv(cmd[0], cmd)
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Run the scheduler (reaper of stuck turns). Run exactly one."""
+    from ops.processes import beat_command
+
+    s = get_settings()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = beat_command(s.data_dir / "celerybeat-schedule", loglevel)
+    os.execv(cmd[0], cmd)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the Postgres schema (safe to run concurrently)."""
+    from ops.migrate import upgrade
+
+    upgrade(get_settings().require_database_url())
+    console.print("[green]database is at the newest schema[/green]")
+
+
+@app.command("stub-llm")
+def stub_llm(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8089,
+    latency: Annotated[float, typer.Option(help="seconds per model call")] = 0.0,
+    fail_rate: Annotated[float, typer.Option(help="fraction of calls answered 500")] = 0.0,
+) -> None:
+    """An OpenAI-compatible model server for tests and benchmarks (no network, no key)."""
+    from shared.models.stub_server import serve
+
+    serve(host=host, port=port, latency_s=latency, fail_rate=fail_rate)
+
+
+@app.command()
+def dev(
+    workers: Annotated[int, typer.Option(help="turn worker processes")] = 1,
+) -> None:
+    """Everything on this machine: embedded Redis/Postgres unless URLs are set. Ctrl-C stops."""
+    from ops.devrun import DevRun
+
+    with DevRun(get_settings(), console) as run:
+        run.start(workers=workers)
+        run.print_summary()
+        console.print("[dim]Ctrl-C to stop[/dim]")
+        try:
+            run.watch()
+        except KeyboardInterrupt:
+            console.print("\nstopping…")
+
+
+@app.command()
+def demo(
+    use_running_workers: Annotated[
+        bool, typer.Option(help="do not start workers; use the ones already running")
+    ] = False,
+) -> None:
+    """Run the seed conversation through the real queue and show timings."""
+    from ops.devrun import DevRun
+
+    with DevRun(get_settings(), console) as run:
+        run.start(workers=0 if use_running_workers else 1, beat=not use_running_workers)
+        ok = _run_demo(run.client())
+    raise SystemExit(0 if ok else 1)
+
+
+def _run_demo(client: object) -> bool:
+    from producer.client import Client
+    from shared.status import TurnStatus
+
+    assert isinstance(client, Client)
+    session = f"demo-{int(time.time())}"
+    table = Table(title=f"session {session}", show_lines=True)
+    for col in ("#", "you", "assistant", "queue wait", "run", "tokens in/out"):
+        table.add_column(col)
+    ok = True
+    for i, message in enumerate(SEED, 1):
+        with console.status(f"turn {i}: {message}"):
+            turn = client.enqueue(session, "demo-user", message)
+            done = client.wait(turn.id, timeout=120)
+        usage = done.usage or {}
+        ok &= done.status is TurnStatus.SUCCEEDED
+        table.add_row(
+            str(done.seq),
+            message,
+            done.output or f"[red]{done.status.value}: {done.error}[/red]",
+            _ms(done.queue_wait_s),
+            _ms(done.run_s),
+            f"{usage.get('input_tokens', '-')}/{usage.get('output_tokens', '-')}",
+        )
+    console.print(table)
+    return ok
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+@app.command()
+def chat(
+    session: Annotated[str, typer.Argument(help="session id (yours; created on first message)")],
+    user: Annotated[str, typer.Option("--user", "-u", help="your user id")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 120.0,
+) -> None:
+    """Talk to the agent through the queue. /history shows the transcript, /quit leaves."""
+    from producer.client import Client
+    from shared.status import TurnStatus
+
+    client = Client.from_settings()
+    console.print(f"[dim]session {session} as {user}; /history, /quit[/dim]")
+    try:
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                break
+            if not line.strip():
+                continue
+            if line.strip() in ("/quit", "/exit"):
+                break
+            if line.strip() == "/history":
+                _print_history(client, session, user)
+                continue
+            try:
+                with console.status("queued…"):
+                    turn = client.enqueue(session, user, line)
+                    done = client.wait(turn.id, timeout=timeout)
+            except TurnqError as exc:
+                err.print(f"[red]{exc}[/red]")
+                continue
+            if done.status is TurnStatus.SUCCEEDED:
+                console.print(f"[bold]agent>[/bold] {done.output}")
+            else:
+                console.print(f"[red]turn {done.status.value}: {done.error}[/red]")
+    finally:
+        client.close()
+
+
+def _print_history(client: object, session: str, user: str) -> None:
+    from producer.client import Client
+
+    assert isinstance(client, Client)
+    for item in client.history(session, user):
+        role = item.get("role") or item.get("type")
+        text = item.get("content")
+        if isinstance(text, list):
+            text = " ".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
+        if item.get("type") == "function_call":
+            text = f"{item.get('name')}({item.get('arguments')})"
+        elif item.get("type") == "function_call_output":
+            text = item.get("output")
+        console.print(f"[dim]{role}:[/dim] {text}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
