@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo dev check lint fmt types test test-unit test-fast clean
+.PHONY: help setup services demo dev check lint fmt types test test-unit clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install turnq with its dev tools
+
+services:  ## start the machine's Postgres and Redis if they are down
+	@ops/scripts/ensure-services.sh
 
 demo: $(STAMP)  ## run the seed conversation through the real queue (embedded Redis/Postgres unless URLs are set)
 	$(VENV)/bin/turnq demo
@@ -34,7 +37,7 @@ fmt: $(STAMP)  ## format and auto-fix
 types: $(STAMP)  ## mypy --strict on shared/ producer/ workers/
 	$(VENV)/bin/mypy
 
-test: $(STAMP)  ## the whole test suite (needs Postgres and Redis on 127.0.0.1)
+test: $(STAMP) services  ## the whole test suite (real Postgres and Redis on 127.0.0.1)
 	$(PY) -m pytest
 
 test-unit: $(STAMP)  ## tests that need no services

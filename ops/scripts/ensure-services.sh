@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Start the machine's PostgreSQL and Redis if they are not running (no-op otherwise).
+# Used by `make test` and .ci/run; tests fail (not skip) under CI=true if these are down.
+set -uo pipefail
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; }
+
+if ! pg_up && command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+fi
+if ! redis_up && command -v redis-server >/dev/null 2>&1; then
+    echo "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+fi
+for _ in $(seq 1 60); do
+    pg_up && redis_up && exit 0
+    sleep 0.5
+done
+echo "warning: PostgreSQL or Redis is still not reachable on 127.0.0.1" >&2
+exit 0
