@@ -20,7 +20,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from shared.errors import TurnqError
 from shared.settings import get_settings
@@ -142,25 +141,22 @@ def _run_demo(client: object) -> bool:
 
     assert isinstance(client, Client)
     session = f"demo-{int(time.time())}"
-    table = Table(title=f"session {session}", show_lines=True)
-    for col in ("#", "you", "assistant", "queue wait", "run", "tokens in/out"):
-        table.add_column(col)
+    console.print(f"session [bold]{session}[/bold] (user demo-user), through the queue:\n")
     ok = True
     for i, message in enumerate(SEED, 1):
-        with console.status(f"turn {i}: {message}"):
+        with console.status(f"turn {i}: queued…"):
             turn = client.enqueue(session, "demo-user", message)
             done = client.wait(turn.id, timeout=120)
         usage = done.usage or {}
         ok &= done.status is TurnStatus.SUCCEEDED
-        table.add_row(
-            str(done.seq),
-            message,
-            done.output or f"[red]{done.status.value}: {done.error}[/red]",
-            _ms(done.queue_wait_s),
-            _ms(done.run_s),
-            f"{usage.get('input_tokens', '-')}/{usage.get('output_tokens', '-')}",
+        answer = done.output or f"[red]{done.status.value}: {done.error}[/red]"
+        console.print(f"[bold cyan]you>[/bold cyan] {message}")
+        console.print(f"[bold green]agent>[/bold green] {answer}")
+        console.print(
+            f"[dim]  turn {done.seq} · queue wait {_ms(done.queue_wait_s)} · run {_ms(done.run_s)}"
+            f" · tokens {usage.get('input_tokens', '-')} in / {usage.get('output_tokens', '-')} out"
+            f" · model calls {usage.get('requests', '-')}[/dim]\n"
         )
-    console.print(table)
     return ok
 
 
