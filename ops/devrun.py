@@ -64,7 +64,9 @@ class DevRun:
             for i in range(1, workers + 1)
         ]
         if beat:
-            specs.append(("beat", beat_command(self.settings.data_dir / "celerybeat-schedule"), BEAT_READY))
+            specs.append(
+                ("beat", beat_command(self.settings.data_dir / "celerybeat-schedule"), BEAT_READY)
+            )
         with self.console.status(f"starting {len(specs)} processes…"):
             for name, cmd, ready in specs:
                 proc = ManagedProcess(cmd, env, name, ready=ready, log_path=logs / f"{name}.log")

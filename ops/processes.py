@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER_READY = " ready."
+WORKER_READY = "turnq: worker ready"  # written by workers.app once its runtime is built
 BEAT_READY = "beat: Starting"
 
 
@@ -59,10 +59,11 @@ class ManagedProcess:
         *,
         ready: str,
         log_path: Path | None = None,
+        inherit_env: bool = True,
     ) -> None:
         self.name = name
         self.args = list(args)
-        self.env = {**os.environ, **env}
+        self.env = {**os.environ, **env} if inherit_env else dict(env)
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), self.env.get("PYTHONPATH", "")) if p
         )
@@ -86,7 +87,9 @@ class ManagedProcess:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log_text()[-3000:]}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.name} not ready in {timeout}s:\n{self.log_text()[-3000:]}"
+                )
             time.sleep(0.05)
         return self
 

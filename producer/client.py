@@ -164,11 +164,14 @@ class AsyncClient:
         return TurnResult.of(record)
 
     async def wait(
-        self, turn_id: str, timeout: float = 60.0, user_id: str | None = None
+        self,
+        turn_id: str,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the documented client API takes a timeout
+        user_id: str | None = None,
     ) -> TurnResult:
         """Block until the turn is terminal; woken by the worker's event, checked in Postgres."""
         deadline = time.monotonic() + timeout
-        key = keys.events_key(check_turn_id(turn_id))
+        key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
         last_id = "0-0"
         while True:
             result = await self.get_turn(turn_id, user_id)
@@ -178,10 +181,10 @@ class AsyncClient:
             if remaining <= 0:
                 raise WaitTimeout(f"turn {turn_id} still {result.status.value} after {timeout}s")
             try:
-                got = await self.redis.xread(
+                got: Any = await self.redis.xread(
                     {key: last_id}, block=max(1, int(min(remaining, 1.0) * 1000)), count=100
                 )
-                for _, entries in got or []:
+                for _stream, entries in got or []:
                     if entries:
                         last_id = entries[-1][0]
             except (RedisError, OSError):

@@ -1,7 +1,7 @@
 """The Celery app definition shared by producers (which only send) and workers.
 
     app = make_celery(get_settings())
-    app.send_task(DRAIN_TASK, args=[session_id], queue=queue(TURNS_QUEUE))
+    app.send_task(DRAIN_TASK, args=[session_id], queue=queue(TURNS_QUEUE, ns))
 
 Why these settings (measured in ``shared/research/celery-redis.md``):
 
@@ -39,6 +39,7 @@ from shared.settings import Settings
 
 def make_celery(settings: Settings, *, main: str = "turnq") -> Celery:
     app = Celery(main)
+    ns = settings.namespace
     vt = settings.visibility_timeout_s
     transport = {
         "visibility_timeout": vt,
@@ -64,17 +65,20 @@ def make_celery(settings: Settings, *, main: str = "turnq") -> Celery:
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
-        task_default_queue=queue(TURNS_QUEUE),
+        task_default_queue=queue(TURNS_QUEUE, ns),
         task_routes={
-            DRAIN_TASK: {"queue": queue(TURNS_QUEUE)},
-            COMPACT_TASK: {"queue": queue(SUMMARIZE_QUEUE)},
-            REAP_TASK: {"queue": queue(MAINTENANCE_QUEUE)},
+            DRAIN_TASK: {"queue": queue(TURNS_QUEUE, ns)},
+            COMPACT_TASK: {"queue": queue(SUMMARIZE_QUEUE, ns)},
+            REAP_TASK: {"queue": queue(MAINTENANCE_QUEUE, ns)},
         },
         beat_schedule={
             "reap-stuck-turns": {
                 "task": REAP_TASK,
                 "schedule": timedelta(seconds=settings.reaper_interval_s),
-                "options": {"queue": queue(MAINTENANCE_QUEUE), "expires": settings.reaper_interval_s},
+                "options": {
+                    "queue": queue(MAINTENANCE_QUEUE, ns),
+                    "expires": settings.reaper_interval_s,
+                },
             },
         },
         beat_max_loop_interval=max(1.0, min(5.0, settings.reaper_interval_s)),

@@ -11,7 +11,8 @@ Keys are built by functions so the layout lives in one place:
                                          which stays the truth.
     reaper_key()     turnq:reaper        STRING  single-sweeper lock for the beat reaper.
 
-``namespace`` (Settings.namespace) is prefixed to every key and queue so several
+``namespace`` (Settings.namespace; the ``ns`` argument overrides it) is prefixed
+to every key and queue so several
 deployments, or parallel test runs, can share one Redis.  Postgres is the source
 of truth: losing every key here (FLUSHALL) only delays turns until the reaper
 re-kicks them.
@@ -31,22 +32,22 @@ SUMMARIZE_QUEUE = "summarize"
 MAINTENANCE_QUEUE = "maintenance"
 
 
-def _ns() -> str:
-    return get_settings().namespace
+def _ns(ns: str | None) -> str:
+    return get_settings().namespace if ns is None else ns
 
 
-def queue(name: str) -> str:
+def queue(name: str, ns: str | None = None) -> str:
     """The broker queue name for a logical queue (``turns``, ``summarize``...)."""
-    return f"{_ns()}{name}"
+    return f"{_ns(ns)}{name}"
 
 
-def lock_key(session_id: str) -> str:
-    return f"{_ns()}turnq:lock:{session_id}"
+def lock_key(session_id: str, ns: str | None = None) -> str:
+    return f"{_ns(ns)}turnq:lock:{session_id}"
 
 
-def events_key(turn_id: str) -> str:
-    return f"{_ns()}turnq:events:{turn_id}"
+def events_key(turn_id: str, ns: str | None = None) -> str:
+    return f"{_ns(ns)}turnq:events:{turn_id}"
 
 
-def reaper_key() -> str:
-    return f"{_ns()}turnq:reaper"
+def reaper_key(ns: str | None = None) -> str:
+    return f"{_ns(ns)}turnq:reaper"

@@ -234,7 +234,9 @@ class Store:
     async def get_session_by_id(self, session_id: str) -> SessionRecord | None:
         async with self.engine.connect() as conn:
             row = (
-                await conn.execute(text("SELECT * FROM sessions WHERE id = :id"), {"id": session_id})
+                await conn.execute(
+                    text("SELECT * FROM sessions WHERE id = :id"), {"id": session_id}
+                )
             ).first()
         return _session(row) if row is not None else None
 
@@ -459,7 +461,8 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(
                 text(
-                    "UPDATE turns SET last_kick_at = now() WHERE session_id = ANY(CAST(:ids AS uuid[])) "
+                    "UPDATE turns SET last_kick_at = now() "
+                    "WHERE session_id = ANY(CAST(:ids AS uuid[])) "
                     "AND status IN ('queued', 'running')"
                 ),
                 {"ids": list(session_ids)},
@@ -509,5 +512,5 @@ class Store:
                 "fence": fence,
             },
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise Fenced(f"turn {turn_id} is no longer ours to finish")

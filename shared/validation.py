@@ -24,7 +24,8 @@ def check_id(field: str, value: object, max_length: int) -> str:
     if not _ID.match(value):
         raise InvalidInput(
             field,
-            "may contain only letters, digits and . _ : @ - (and must start with a letter or digit)",
+            "may contain only letters, digits and . _ : @ - "
+            "(and must start with a letter or digit)",
         )
     return value
 

@@ -31,7 +31,9 @@ class EchoModel(Model):
     def __init__(self, latency_s: float = 0.0) -> None:
         self.latency_s = latency_s
 
-    async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kw: Any) -> ModelResponse:
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kw: Any
+    ) -> ModelResponse:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         text = _last_user_text(input)
@@ -43,7 +45,11 @@ class EchoModel(Model):
             type="message",
             role="assistant",
             status="completed",
-            content=[ResponseOutputText(type="output_text", text=f"echo: {text} [ctx={n}]", annotations=[])],
+            content=[
+                ResponseOutputText(
+                    type="output_text", text=f"echo: {text} [ctx={n}]", annotations=[]
+                )
+            ],
         )
         return ModelResponse(
             output=[message],
@@ -60,5 +66,7 @@ def echo() -> Agent[Any]:
 
 
 def slow_echo() -> Agent[Any]:
-    """Latency from TEST_MODEL_LATENCY_S (default 2 s): long enough to kill or pause a worker mid-turn."""
-    return Agent(name="slow-echo", model=EchoModel(float(os.environ.get("TEST_MODEL_LATENCY_S", "2"))))
+    """Latency from TEST_MODEL_LATENCY_S (default 2 s): time to kill or pause a worker mid-turn."""
+    return Agent(
+        name="slow-echo", model=EchoModel(float(os.environ.get("TEST_MODEL_LATENCY_S", "2")))
+    )

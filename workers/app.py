@@ -7,6 +7,7 @@ event loop (``workers.runtime``), and return.  Policy lives in ``workers/turn.py
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from typing import Any
 
@@ -52,10 +53,15 @@ def reap_task() -> int:
     return rt.run(reap(rt))
 
 
+READY_LINE = "turnq: worker ready"
+
+
 @signals.worker_ready.connect
 def _warm_up(**_: Any) -> None:
-    """Connect and import the agent before the first kick, not during it."""
+    """Connect and import the agent before the first kick, then say so (at any log level)."""
     get_runtime().kicker = kick
+    sys.stderr.write(f"{READY_LINE}\n")
+    sys.stderr.flush()
 
 
 @signals.worker_shutdown.connect

@@ -42,8 +42,11 @@ async def reap(rt: Runtime) -> int:
             pipe.exists(keys.lock_key(sid))
         live = await pipe.execute()
     orphaned = [sid for sid, held in zip(stale, live, strict=True) if not held]
+    kick = rt.kicker
+    if kick is None:
+        raise RuntimeError("runtime has no kicker; workers.app sets it")
     for sid in orphaned:
-        await asyncio.to_thread(rt.kicker, sid)
+        await asyncio.to_thread(kick, sid)
     # Sessions whose lock is live are marked too, so a big backlog rotates through the batch.
     await rt.store.mark_kicked(stale)
     if orphaned:

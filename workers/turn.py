@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.errors import Fenced
 from shared.locks import SessionLock
+from shared.sdk_session import summary_item
 from shared.store import Context, TurnRecord
 from workers.runtime import Runtime
 
@@ -124,11 +125,7 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
 
 
 def build_model_input(context: Context, user_item: dict[str, Any]) -> list[Any]:
-    prefix: list[Any] = []
-    if context.summary:
-        prefix.append(
-            {"role": "system", "content": f"Summary of the earlier conversation:\n{context.summary}"}
-        )
+    prefix: list[Any] = [summary_item(context.summary)] if context.summary else []
     return [*prefix, *context.items, user_item]
 
 
@@ -200,4 +197,3 @@ async def publish(rt: Runtime, turn_id: str, event: dict[str, Any]) -> None:
             pipe.xadd(key, fields, maxlen=1000, approximate=True)  # type: ignore[arg-type]
             pipe.expire(key, rt.settings.events_ttl_s)
             await pipe.execute()
-

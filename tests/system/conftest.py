@@ -41,7 +41,7 @@ def client(stack_env: dict[str, str]) -> Iterator[Client]:
 
 @pytest.fixture
 def start_worker(worker_env: dict[str, str]) -> Iterator[object]:
-    """Factory: start_worker(name, **env overrides) -> a started WorkerProcess (stopped at teardown)."""
+    """Factory: start_worker(name, **env) -> a started WorkerProcess, stopped at teardown."""
     started: list[WorkerProcess | BeatProcess] = []
 
     def _start(name: str = "w1", concurrency: int = 50, **env: str) -> WorkerProcess:

@@ -38,7 +38,9 @@ def test_demo_runs_the_seed_conversation_on_an_embedded_stack(tmp_path: Path) ->
 
 def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
     env = _bare_env(tmp_path)
-    dev = ManagedProcess([*TURNQ, "dev"], env, "turnq-dev", ready="Ctrl-C to stop")
+    dev = ManagedProcess(
+        [*TURNQ, "dev"], env, "turnq-dev", ready="Ctrl-C to stop", inherit_env=False
+    )
     dev.start(timeout=180)
     try:
         assert (tmp_path / "stack.json").exists()

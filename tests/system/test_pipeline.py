@@ -1,7 +1,8 @@
-"""The turn pipeline with real worker processes: order, exclusion, recovery (I1–I6)."""
+"""The turn pipeline with real worker processes: order, exclusion, recovery (I1-I6)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,7 +41,7 @@ def assert_consistent(client: Client, session: str, user: str, expected: list[st
     turns = client.turns(session, user)
     assert [t.seq for t in turns] == list(range(1, len(expected) + 1))
     assert all(t.status is TurnStatus.SUCCEEDED for t in turns), [t.error for t in turns]
-    for before, after in zip(turns, turns[1:], strict=False):
+    for before, after in itertools.pairwise(turns):
         assert before.finished_at is not None and after.started_at is not None
         assert after.started_at >= before.finished_at, "turns of one session overlapped"
 
@@ -56,7 +57,9 @@ def test_burst_on_one_session_runs_in_order_without_retries(
     results = [client.wait(t.id, timeout=60) for t in turns]
     assert all(r.status is TurnStatus.SUCCEEDED for r in results)
     # The k-th turn saw all earlier turns: 2 items per earlier turn, plus its own message.
-    assert [r.output for r in results] == [f"echo: {m} [ctx={2 * i + 1}]" for i, m in enumerate(msgs)]
+    assert [r.output for r in results] == [
+        f"echo: {m} [ctx={2 * i + 1}]" for i, m in enumerate(msgs)
+    ]
     assert_consistent(client, session, user, msgs)
     log = w.log_text()
     assert "retry" not in log.lower() and "countdown" not in log.lower()
@@ -70,7 +73,9 @@ def test_kill_9_mid_turn_completes_once(
     doomed = start_worker("doomed", TURNQ_AGENT="tests.agents:slow_echo", TEST_MODEL_LATENCY_S="3")
     session, user = f"kill-{uid}", f"u-{uid}"
     turn = client.enqueue(session, user, "survive a kill -9")
-    wait_for(lambda: client.get_turn(turn.id).status is TurnStatus.RUNNING, 30, "turn never started")
+    wait_for(
+        lambda: client.get_turn(turn.id).status is TurnStatus.RUNNING, 30, "turn never started"
+    )
     doomed.kill()
     start_worker("rescuer", TURNQ_AGENT="tests.agents:slow_echo", TEST_MODEL_LATENCY_S="0.2")
     done = client.wait(turn.id, timeout=60)
@@ -86,7 +91,9 @@ def test_lock_expiring_under_paused_worker_is_fenced(
     stale = start_worker("stale", TURNQ_AGENT="tests.agents:slow_echo", TEST_MODEL_LATENCY_S="2")
     session, user = f"pause-{uid}", f"u-{uid}"
     turn = client.enqueue(session, user, "who wins?")
-    wait_for(lambda: client.get_turn(turn.id).status is TurnStatus.RUNNING, 30, "turn never started")
+    wait_for(
+        lambda: client.get_turn(turn.id).status is TurnStatus.RUNNING, 30, "turn never started"
+    )
     stale.pause()  # SIGSTOP: heartbeats stop, the 2 s lock expires, the reaper re-kicks
     try:
         start_worker("fresh", TURNQ_AGENT="tests.agents:slow_echo", TEST_MODEL_LATENCY_S="0.5")
