@@ -110,7 +110,13 @@ class AsyncClient:
         s = settings or get_settings()
         return cls(
             s,
-            Store(create_engine(s.require_database_url())),
+            Store(
+                create_engine(
+                    s.require_database_url(),
+                    pool_size=s.db_pool_size,
+                    pool_timeout=s.db_pool_timeout_s,
+                )
+            ),
             aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10),
             make_celery(s),
         )

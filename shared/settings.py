@@ -59,7 +59,14 @@ class Settings(BaseSettings):
     lock_ttl_s: float = Field(default=30.0, gt=0.2)
     heartbeat_s: float | None = None  # default: lock_ttl_s / 3
     turn_timeout_s: float = Field(default=300.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1, le=100)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="Postgres connections per process. Transactions are short and none is "
+        "held across a model call, so a few connections serve hundreds of turns in flight.",
+    )
+    db_pool_timeout_s: float = 30.0
     max_content_bytes: int = Field(default=32 * 1024, ge=1)
     max_id_length: int = Field(default=128, ge=8, le=512)
     events_ttl_s: int = 3600

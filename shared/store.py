@@ -30,11 +30,15 @@ from shared.status import TurnStatus, sources_of
 Item = dict[str, Any]
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, pool_size: int = 10, pool_timeout: float = 30.0
+) -> AsyncEngine:
+    """A bounded pool: waiting for a connection beats exhausting ``max_connections``."""
     return create_async_engine(
         database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max(1, pool_size // 2),
+        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         pool_recycle=1800,
     )
@@ -314,7 +318,7 @@ class Store:
                         fence,
                         TurnStatus.FAILED,
                         error=f"gave up after {turn.attempts} attempts that did not finish "
-                        "(the worker running it died each time)",
+                        "(its worker died or lost Postgres/Redis each time)",
                         check_fence=False,
                     )
                     gave_up.append(turn)

@@ -12,6 +12,8 @@ import uuid
 from typing import Any
 
 from celery import signals
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.celery_app import make_celery
 from shared.keys import DRAIN_TASK, REAP_TASK
@@ -36,7 +38,28 @@ def _valid_uuid(value: object) -> str | None:
         return None
 
 
-@app.task(name=DRAIN_TASK, ignore_result=True)
+# Postgres or Redis unreachable: retry the kick with backoff.  A kick carries only the
+# session id and turns run by their sequence number, so a delayed kick cannot reorder
+# anything; lock contention is never retried (the holder drains the session).  If the
+# retries run out, the beat reaper re-kicks the session once it is reachable again.
+INFRASTRUCTURE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    RedisError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@app.task(
+    name=DRAIN_TASK,
+    ignore_result=True,
+    autoretry_for=INFRASTRUCTURE_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=8,
+)
 def drain_task(session_id: Any) -> int:
     sid = _valid_uuid(session_id)
     if sid is None:

@@ -80,8 +80,13 @@ def _build(settings: Settings) -> Runtime:
     portal = LoopThread("turnq-loop")
 
     async def _connect() -> tuple[Store, aioredis.Redis]:
-        pool = max(10, min(settings.worker_concurrency, 50))
-        store = Store(create_engine(settings.require_database_url(), pool_size=pool))
+        store = Store(
+            create_engine(
+                settings.require_database_url(),
+                pool_size=settings.db_pool_size,
+                pool_timeout=settings.db_pool_timeout_s,
+            )
+        )
         redis = aioredis.Redis.from_url(
             settings.require_redis_url(),
             socket_timeout=10,

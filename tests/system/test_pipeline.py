@@ -176,3 +176,29 @@ def test_worker_ignores_malformed_kicks(
     assert client.wait(turn.id, timeout=30).status is TurnStatus.SUCCEEDED
     assert w.alive()
     assert isinstance(w, WorkerProcess)
+
+
+def test_one_worker_process_keeps_hundreds_of_turns_in_flight(
+    client: Client, start_worker: Any, stub_llm: Any, uid: str
+) -> None:
+    """I6: model calls are I/O; one process holds ~200 of them at once, not one per process."""
+    stub_llm.configure(latency_s=1.0)
+    start_worker(
+        "wide",
+        concurrency=200,
+        TURNQ_MODEL_PROVIDER="openai",
+        TURNQ_OPENAI_BASE_URL=stub_llm.url + "/v1",
+        TURNQ_OPENAI_API_KEY="test-key",
+        TURNQ_OPENAI_API="chat",
+        TURNQ_AGENT="shared.demo_agent:build_agent",
+    )
+    user = f"u-{uid}"
+    with ThreadPoolExecutor(8) as pool:
+        turns = list(
+            pool.map(lambda i: client.enqueue(f"wide{i}-{uid}", user, f"hi {i}"), range(200))
+        )
+    for t in turns:
+        assert client.wait(t.id, timeout=120).status is TurnStatus.SUCCEEDED
+    stats = stub_llm.stats()
+    assert stats["max_in_flight"] >= 150, stats  # one process, one loop, many calls at once
+    assert stats["overlapping_conversations"] == 0
