@@ -63,6 +63,19 @@ class DevRun:
             )
             for i in range(1, workers + 1)
         ]
+        if workers:
+            specs.append(
+                (
+                    "summarizer",
+                    worker_command(
+                        name="summarize",
+                        queues=[ns + "summarize"],
+                        concurrency=4,
+                        pool=self.settings.worker_pool,
+                    ),
+                    WORKER_READY,
+                )
+            )
         if beat:
             specs.append(
                 ("beat", beat_command(self.settings.data_dir / "celerybeat-schedule"), BEAT_READY)

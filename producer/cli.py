@@ -164,6 +164,58 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
+sessions_app = typer.Typer(no_args_is_help=True, help="inspect sessions")
+app.add_typer(sessions_app, name="sessions")
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session: Annotated[str, typer.Argument(help="session id")],
+    user: Annotated[str, typer.Option("--user", "-u", help="the owner's user id")],
+) -> None:
+    """Context tokens vs transcript size, the summary, the compaction mark, recent compactions."""
+    from rich.table import Table
+
+    from producer.client import Client
+    from shared.compaction.base import policy_from_settings
+
+    with Client.from_settings() as client:
+        s = client.session(session, user)
+        compactions = client.compactions(session, user)
+    policy = policy_from_settings(get_settings())
+    console.print(f"[bold]session {s.key}[/bold] (user {s.user_id}) · id {s.id}")
+    console.print(
+        f"turns {s.turn_count} · items {s.item_count} · transcript ~{s.transcript_tokens:,} tokens"
+    )
+    console.print(
+        f"context ~{s.context_tokens:,} tokens (window {policy.window_tokens:,}, "
+        f"compaction at {policy.trigger_tokens:,}, target {policy.target_tokens:,}, "
+        f"strategy {policy.strategy})"
+    )
+    console.print(
+        f"compaction mark: position {s.compaction_mark} ({s.compaction_mark} items summarized, "
+        f"{s.item_count - s.compaction_mark} verbatim in context, "
+        f"{len(s.summary_items)} tool items kept) · compactions {s.compaction_count}"
+    )
+    console.print("[bold]summary:[/bold]" if s.summary else "[dim]no summary yet[/dim]")
+    if s.summary:
+        console.print(s.summary, markup=False)
+    if compactions:
+        table = Table(title="recent compactions")
+        for col in ("finished", "strategy", "status", "mark", "tokens", "error"):
+            table.add_column(col)
+        for c in compactions:
+            table.add_row(
+                f"{c['finished_at']:%Y-%m-%d %H:%M:%S}",
+                c["strategy"],
+                c["status"],
+                f"{c['old_mark']} -> {c['new_mark'] if c['new_mark'] is not None else '-'}",
+                f"{c['tokens_before'] or '-'} -> {c['tokens_after'] or '-'}",
+                (c["error"] or "")[:60],
+            )
+        console.print(table)
+
+
 @app.command()
 def chat(
     session: Annotated[str, typer.Argument(help="session id (yours; created on first message)")],

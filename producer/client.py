@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.celery_app import make_celery
+from shared.compaction.store import CompactionStore
 from shared.errors import SessionNotFound, TurnNotFound, WaitTimeout
 from shared.loop import LoopThread
 from shared.settings import Settings, get_settings
@@ -208,6 +209,11 @@ class AsyncClient:
         record = await self.session(session_id, user_id)
         return [item for _, _, item in await self.store.history(record.id)]
 
+    async def compactions(self, session_id: str, user_id: str) -> list[dict[str, Any]]:
+        """The session's recent compactions, newest first (status, marks, tokens, errors)."""
+        record = await self.session(session_id, user_id)
+        return await CompactionStore(self.store.engine).history(record.id)
+
     async def turns(self, session_id: str, user_id: str) -> list[TurnResult]:
         record = await self.session(session_id, user_id)
         return [TurnResult.of(t) for t in await self.store.turns_of(record.id)]
@@ -259,6 +265,9 @@ class Client:
 
     def history(self, session_id: str, user_id: str) -> list[Item]:
         return self._portal.run(self._inner.history(session_id, user_id))
+
+    def compactions(self, session_id: str, user_id: str) -> list[dict[str, Any]]:
+        return self._portal.run(self._inner.compactions(session_id, user_id))
 
     def turns(self, session_id: str, user_id: str) -> list[TurnResult]:
         return self._portal.run(self._inner.turns(session_id, user_id))

@@ -10,6 +10,11 @@ Keys are built by functions so the layout lives in one place:
                                          (client.wait, SSE) block on it and then read Postgres,
                                          which stays the truth.
     reaper_key()     turnq:reaper        STRING  single-sweeper lock for the beat reaper.
+    compact_pending_key(sid)
+                     turnq:compact:{sid} STRING  "a compaction is queued" (SET NX EX
+                                         compaction_pending_ttl_s): at most one pending
+                                         compaction per session.  The compaction task
+                                         deletes it when it starts.
 
 ``namespace`` (Settings.namespace; the ``ns`` argument overrides it) is prefixed
 to every key and queue so several
@@ -47,6 +52,10 @@ def lock_key(session_id: str, ns: str | None = None) -> str:
 
 def events_key(turn_id: str, ns: str | None = None) -> str:
     return f"{_ns(ns)}turnq:events:{turn_id}"
+
+
+def compact_pending_key(session_id: str, ns: str | None = None) -> str:
+    return f"{_ns(ns)}turnq:compact:{session_id}"
 
 
 def reaper_key(ns: str | None = None) -> str:

@@ -61,6 +61,9 @@ sessions = Table(
     Column("compaction_mark", BigInteger, nullable=False, server_default="0"),
     Column("summary", Text, nullable=True),
     Column("summary_tokens", Integer, nullable=False, server_default="0"),
+    Column("summary_items", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("compacted_at", DateTime(timezone=True), nullable=True),
+    Column("compaction_count", Integer, nullable=False, server_default="0"),
     UniqueConstraint("user_id", "key", name="sessions_user_key"),
     Index("sessions_user_updated", "user_id", "updated_at"),
 )
@@ -109,6 +112,28 @@ turns = Table(
         "queued_at",
         postgresql_where=text("status IN ('queued', 'running')"),
     ),
+)
+
+compactions = Table(
+    "compactions",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column(
+        "session_id",
+        UUID(as_uuid=False),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("strategy", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("old_mark", BigInteger, nullable=False),
+    Column("new_mark", BigInteger),
+    Column("tokens_before", Integer),
+    Column("tokens_after", Integer),
+    Column("error", Text),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 items = Table(

@@ -156,7 +156,7 @@ class TurnqSession:
                 await conn.execute(
                     text(
                         """
-                SELECT s.summary, i.item FROM sessions s
+                SELECT s.summary, i.item, s.summary_items FROM sessions s
                 LEFT JOIN LATERAL (
                     SELECT position, item FROM items
                     WHERE session_id = s.id AND position >= s.compaction_mark
@@ -172,10 +172,11 @@ class TurnqSession:
         if not rows:
             return []
         summary: str | None = rows[0][0]
+        kept = [cast(TResponseInputItem, i) for i in rows[0][2] or []]
         tail = [cast(TResponseInputItem, r[1]) for r in rows if r[1] is not None]
-        if summary and (n is None or len(tail) < n):
-            return [summary_item(summary), *tail]
-        return tail
+        head = [summary_item(summary)] if summary else []
+        view = [*head, *kept, *tail]  # what workers send: summary, kept tool items, the rest
+        return view if n is None else view[-n:]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append ``items`` as one block in one transaction that holds the session row lock."""
@@ -279,6 +280,7 @@ class TurnqSession:
                     text(
                         """
                 UPDATE sessions SET compaction_mark = item_count, summary = NULL,
+                    summary_items = '[]'::jsonb,
                     summary_tokens = 0, transcript_tokens = 0, context_tokens = 0,
                     updated_at = now()
                 WHERE user_id = :u AND key = :k

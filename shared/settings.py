@@ -71,6 +71,23 @@ class Settings(BaseSettings):
     max_id_length: int = Field(default=128, ge=8, le=512)
     events_ttl_s: int = 3600
 
+    # --- context budget and compaction (per-agent overrides: TURNQ_CONTEXT in the agent's module)
+    context_window_tokens: int = Field(default=128_000, ge=256)
+    compact_trigger: float = Field(
+        default=0.75, gt=0, description="tokens, or a fraction of the window when <= 1"
+    )
+    compact_target: float = Field(
+        default=0.4, gt=0, description="tokens, or a fraction of the window when <= 1"
+    )
+    compaction_strategy: Literal["sliding_window", "summarize", "hybrid"] = "summarize"
+    window_turns: int = Field(default=20, ge=1)
+    reserve_output_tokens: int = Field(default=4_000, ge=0)
+    summary_max_tokens: int = Field(default=4_000, ge=16)
+    summarizer: str = Field(
+        default="auto", description="auto | extractive | agent | package.module:attr"
+    )
+    compaction_pending_ttl_s: int = 600
+
     # --- celery -----------------------------------------------------------
     worker_concurrency: int = Field(default=200, ge=1)
     worker_pool: Literal["threads", "prefork", "solo", "gevent"] = "threads"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +89,9 @@ class SessionRecord:
     compaction_mark: int
     summary: str | None
     summary_tokens: int
+    summary_items: list[Item] = field(default_factory=list)
+    compacted_at: datetime | None = None
+    compaction_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Context:
     summary: str | None
     items: list[Item]
     first_position: int
+    summary_items: list[Item] = field(default_factory=list)
 
 
 _TURN_COLUMNS = """
@@ -344,7 +348,10 @@ class Store:
         async with self.engine.connect() as conn:
             srow = (
                 await conn.execute(
-                    text("SELECT summary, compaction_mark FROM sessions WHERE id = :sid"),
+                    text(
+                        "SELECT summary, compaction_mark, summary_items FROM sessions "
+                        "WHERE id = :sid"
+                    ),
                     {"sid": session_id},
                 )
             ).one()
@@ -357,7 +364,12 @@ class Store:
                     {"sid": session_id, "mark": srow[1]},
                 )
             ).all()
-        return Context(summary=srow[0], items=[r[0] for r in rows], first_position=srow[1])
+        return Context(
+            summary=srow[0],
+            items=[r[0] for r in rows],
+            first_position=srow[1],
+            summary_items=list(srow[2] or []),
+        )
 
     async def complete_turn(
         self,
@@ -367,8 +379,11 @@ class Store:
         output: str | None,
         usage: dict[str, Any] | None,
         context_tokens: int | None,
-    ) -> None:
-        """Append the turn's items and mark it succeeded, atomically and fenced."""
+    ) -> int:
+        """Append the turn's items and mark it succeeded, atomically and fenced.
+
+        Returns the session's context size (tokens) after the turn.
+        """
         tokens = [estimate_tokens(i) for i in new_items]
         async with self.engine.begin() as conn:
             row = (
@@ -379,7 +394,7 @@ class Store:
                     transcript_tokens = transcript_tokens + :tokens,
                     context_tokens = COALESCE(:ctx, context_tokens)
                 WHERE id = :sid AND fence = :fence
-                RETURNING item_count
+                RETURNING item_count, context_tokens
                 """
                     ),
                     {
@@ -421,6 +436,7 @@ class Store:
                 context_tokens=context_tokens,
                 check_fence=False,
             )
+            return int(row[1])
 
     async def fail_turn(self, turn: TurnRecord, fence: int, error: str) -> None:
         async with self.engine.begin() as conn:

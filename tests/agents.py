@@ -70,3 +70,34 @@ def slow_echo() -> Agent[Any]:
     return Agent(
         name="slow-echo", model=EchoModel(float(os.environ.get("TEST_MODEL_LATENCY_S", "2")))
     )
+
+
+# --- summarizers for compaction tests (TURNQ_SUMMARIZER=tests.agents:NAME) -------------
+
+
+class BrokenSummarizer:
+    """The summarizer's model is down."""
+
+    async def __call__(self, previous: str | None, evicted: Any, *, max_tokens: int) -> str:
+        raise RuntimeError("summarizer model unavailable (HTTP 503)")
+
+
+class EmptySummarizer:
+    """A summarizer that answers with nothing."""
+
+    async def __call__(self, previous: str | None, evicted: Any, *, max_tokens: int) -> str:
+        return "   "
+
+
+def slow_extractive() -> Any:
+    """The real extractive summarizer, slowed down so compactions overlap chat turns."""
+    from shared.compaction.summarizers import ExtractiveSummarizer
+
+    inner = ExtractiveSummarizer()
+    delay = float(os.environ.get("TEST_SUMMARIZER_LATENCY_S", "0.3"))
+
+    async def summarize(previous: str | None, evicted: Any, *, max_tokens: int) -> str:
+        await asyncio.sleep(delay)
+        return await inner(previous, evicted, max_tokens=max_tokens)
+
+    return summarize

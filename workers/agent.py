@@ -16,6 +16,15 @@ class AgentSpecError(ValueError):
     pass
 
 
+def load_context_overrides(spec: str) -> dict[str, Any]:
+    """An agent's own context policy: ``TURNQ_CONTEXT = {"window_tokens": 32000}`` in its module."""
+    module = importlib.import_module(spec.partition(":")[0])
+    overrides = getattr(module, "TURNQ_CONTEXT", None) or {}
+    if not isinstance(overrides, dict):
+        raise AgentSpecError(f"TURNQ_CONTEXT in {module.__name__} must be a dict")
+    return dict(overrides)
+
+
 def load_agent(spec: str) -> Agent[Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:

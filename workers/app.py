@@ -16,10 +16,12 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.celery_app import make_celery
-from shared.keys import DRAIN_TASK, REAP_TASK
+from shared.compaction.base import SummaryError
+from shared.keys import COMPACT_TASK, DRAIN_TASK, REAP_TASK
 from shared.settings import get_settings
+from workers.compact import compact
 from workers.reaper import reap
-from workers.runtime import close_runtime, get_runtime
+from workers.runtime import Runtime, close_runtime, get_runtime
 from workers.turn import drain
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,15 @@ log = logging.getLogger(__name__)
 app = make_celery(get_settings())
 
 
-def kick(session_id: str) -> None:
-    app.send_task(DRAIN_TASK, args=[session_id])
+def send(task: str, session_id: str) -> None:
+    """Publish a kick (ids only); routes put drains on `turns`, compactions on `summarize`."""
+    app.send_task(task, args=[session_id])
+
+
+def runtime() -> Runtime:
+    rt = get_runtime()
+    rt.send = send
+    return rt
 
 
 def _valid_uuid(value: object) -> str | None:
@@ -65,14 +74,32 @@ def drain_task(session_id: Any) -> int:
     if sid is None:
         log.error("drain: ignoring a kick with an invalid session id")
         return 0
-    rt = get_runtime()
+    rt = runtime()
     return rt.run(drain(rt, sid))
+
+
+@app.task(
+    name=COMPACT_TASK,
+    ignore_result=True,
+    autoretry_for=(SummaryError, *INFRASTRUCTURE_ERRORS),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=6,
+)
+def compact_task(session_id: Any) -> str:
+    """Low-priority queue, own pool; never takes the session lock (I7)."""
+    sid = _valid_uuid(session_id)
+    if sid is None:
+        log.error("compact: ignoring a request with an invalid session id")
+        return "invalid"
+    rt = runtime()
+    return rt.run(compact(rt, sid))
 
 
 @app.task(name=REAP_TASK, ignore_result=True)
 def reap_task() -> int:
-    rt = get_runtime()
-    rt.kicker = kick
+    rt = runtime()
     return rt.run(reap(rt))
 
 
@@ -82,7 +109,7 @@ READY_LINE = "turnq: worker ready"
 @signals.worker_ready.connect
 def _warm_up(**_: Any) -> None:
     """Connect and import the agent before the first kick, then say so (at any log level)."""
-    get_runtime().kicker = kick
+    runtime()
     sys.stderr.write(f"{READY_LINE}\n")
     sys.stderr.flush()
 

@@ -15,6 +15,8 @@ import logging
 from redis.exceptions import RedisError
 
 from shared import keys
+from shared.compaction.store import CompactionStore
+from workers.compact import request_compaction
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,13 @@ async def reap(rt: Runtime) -> int:
         return 0
     if not mine:
         return 0
-    stale = await rt.store.stale_sessions(s.reaper_stale_s, BATCH)
+    kicked = await _rekick_stale_turns(rt)
+    await _request_overdue_compactions(rt)
+    return kicked
+
+
+async def _rekick_stale_turns(rt: Runtime) -> int:
+    stale = await rt.store.stale_sessions(rt.settings.reaper_stale_s, BATCH)
     if not stale:
         return 0
     async with rt.redis.pipeline(transaction=False) as pipe:
@@ -42,13 +50,17 @@ async def reap(rt: Runtime) -> int:
             pipe.exists(keys.lock_key(sid))
         live = await pipe.execute()
     orphaned = [sid for sid, held in zip(stale, live, strict=True) if not held]
-    kick = rt.kicker
-    if kick is None:
-        raise RuntimeError("runtime has no kicker; workers.app sets it")
     for sid in orphaned:
-        await asyncio.to_thread(kick, sid)
+        await asyncio.to_thread(rt.send_task, keys.DRAIN_TASK, sid)
     # Sessions whose lock is live are marked too, so a big backlog rotates through the batch.
     await rt.store.mark_kicked(stale)
     if orphaned:
         log.info("reaper re-kicked sessions", extra={"count": len(orphaned)})
     return len(orphaned)
+
+
+async def _request_overdue_compactions(rt: Runtime) -> None:
+    """Sessions over the trigger whose compaction request was lost (Redis flushed...)."""
+    overdue = await CompactionStore(rt.store.engine).over_budget(rt.policy.trigger_tokens, BATCH)
+    for sid in overdue:
+        await request_compaction(rt, sid)

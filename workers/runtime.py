@@ -22,10 +22,13 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from agents import Agent, RunConfig
 
+from shared.compaction.base import ContextPolicy, Summarizer, policy_from_settings
 from shared.loop import LoopThread
 from shared.settings import Settings, get_settings
 from shared.store import Store, create_engine
-from workers.agent import load_agent
+from shared.tokens import TokenEstimator, default_estimator
+from workers.agent import load_agent, load_context_overrides
+from workers.context import overhead_tokens
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,7 +42,24 @@ class Runtime:
     redis: aioredis.Redis
     agent: Agent[Any]
     run_config: RunConfig
-    kicker: Callable[[str], None] | None = None  # sends a drain kick; set by workers.app
+    policy: ContextPolicy
+    estimator: TokenEstimator
+    overhead_tokens: int
+    calibration: float = 1.0  # measured/estimated tokens, updated as models report usage
+    send: Callable[[str, str], None] | None = None  # (task name, session id); set by workers.app
+    _summarizer: Summarizer | None = None
+
+    def send_task(self, task: str, session_id: str) -> None:
+        if self.send is None:
+            raise RuntimeError("runtime has no sender; workers.app sets it")
+        self.send(task, session_id)
+
+    def summarizer(self) -> Summarizer:
+        if self._summarizer is None:
+            from shared.compaction.summarizers import load_summarizer
+
+            self._summarizer = load_summarizer(self.settings.summarizer, self.settings)
+        return self._summarizer
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self.portal.run(coro, timeout)
@@ -106,4 +126,16 @@ def _build(settings: Settings) -> Runtime:
         tracing_disabled=not settings.tracing,
         trace_include_sensitive_data=False,
     )
-    return Runtime(settings, portal, store, redis, agent, run_config)
+    estimator = default_estimator()
+    policy = policy_from_settings(settings, load_context_overrides(settings.agent))
+    return Runtime(
+        settings,
+        portal,
+        store,
+        redis,
+        agent,
+        run_config,
+        policy=policy,
+        estimator=estimator,
+        overhead_tokens=overhead_tokens(agent, estimator),
+    )

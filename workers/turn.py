@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from agents import Runner
@@ -30,6 +31,8 @@ from shared.errors import Fenced
 from shared.locks import SessionLock
 from shared.sdk_session import summary_item
 from shared.store import Context, TurnRecord
+from workers.compact import request_compaction
+from workers.context import CallBudget, updated_calibration
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -92,9 +95,10 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
     context = await rt.store.load_context(turn.session_id)
     user_item: dict[str, Any] = {"role": "user", "content": turn.input}
     model_input = build_model_input(context, user_item)
+    budget = CallBudget(rt.policy, rt.estimator, rt.overhead_tokens, rt.calibration)
     started = time.perf_counter()
     try:
-        result = await _run_with_retries(rt, model_input, turn)
+        result = await _run_with_retries(rt, model_input, turn, budget)
     except Exception as exc:
         error = _describe(exc)
         await rt.store.fail_turn(turn, fence, error)
@@ -106,8 +110,9 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
         return
     new_items = [user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)]
     usage = result.context_wrapper.usage
-    last_input = result.raw_responses[-1].usage.input_tokens if result.raw_responses else None
-    await rt.store.complete_turn(
+    calls = [r.usage for r in result.raw_responses]
+    context_tokens = _context_after(rt, budget, model_input, new_items, calls)
+    after = await rt.store.complete_turn(
         turn,
         fence,
         new_items,
@@ -117,32 +122,59 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "total_tokens": usage.total_tokens,
+            "max_input_tokens": max((c.input_tokens for c in calls), default=0),
+            "trimmed": budget.trimmed,
             "model_seconds": round(time.perf_counter() - started, 4),
         },
-        context_tokens=last_input,
+        context_tokens=context_tokens,
     )
     await publish(rt, turn.id, {"type": "status", "status": "succeeded"})
+    if after > rt.policy.trigger_tokens or budget.trimmed:
+        await request_compaction(rt, turn.session_id)
+
+
+def _context_after(
+    rt: Runtime, budget: CallBudget, model_input: list[Any], new_items: list[Any], calls: list[Any]
+) -> int:
+    """The session's context size for its next turn.
+
+    The model's reported input tokens of the last call are the truth; only the answer
+    after it is estimated.  If this turn was trimmed, the report undercounts the real
+    view, so the whole view is estimated instead (calibrated by what the model measured).
+    """
+    last = calls[-1] if calls else None
+    if last is not None and last.input_tokens and budget.largest_input_estimate:
+        measured = max(c.input_tokens for c in calls)
+        estimated = budget.largest_input_estimate + rt.overhead_tokens
+        rt.calibration = updated_calibration(rt.calibration, measured, estimated)
+    if last is not None and last.input_tokens and not budget.trimmed:
+        return int(last.input_tokens + last.output_tokens)
+    view = [*model_input[:-1], *new_items]
+    return int((budget.count(view) + rt.overhead_tokens) * rt.calibration)
 
 
 def build_model_input(context: Context, user_item: dict[str, Any]) -> list[Any]:
     prefix: list[Any] = [summary_item(context.summary)] if context.summary else []
-    return [*prefix, *context.items, user_item]
+    return [*prefix, *context.summary_items, *context.items, user_item]
 
 
 _PERMANENT = (UserError, MaxTurnsExceeded)
 
 
-async def _run_with_retries(rt: Runtime, model_input: list[Any], turn: TurnRecord) -> Any:
+async def _run_with_retries(
+    rt: Runtime, model_input: list[Any], turn: TurnRecord, budget: CallBudget
+) -> Any:
     """Model calls are at-least-once: transient failures retry in place, with backoff.
 
     Retrying here (not with a Celery countdown) keeps the session's order and lock.
     """
     s = rt.settings
+    run_config = replace(rt.run_config, call_model_input_filter=budget.filter)
     attempt = 0
     while True:
         try:
             async with asyncio.timeout(s.turn_timeout_s):
-                return await Runner.run(rt.agent, model_input, run_config=rt.run_config)
+                return await Runner.run(rt.agent, model_input, run_config=run_config)
         except _PERMANENT:
             raise
         except Exception as exc:

@@ -1,0 +1,97 @@
+"""Compaction job (queue ``summarize``, its own worker pool): shrink the model's view.
+
+    await request_compaction(rt, session_id)   # after a turn: at most one pending per session
+    await compact(rt, session_id)              # in the summarizer pool
+
+No session lock is taken and no chat turn waits (I7): read a snapshot, summarize,
+commit by compare-and-swap on the compaction mark; a lost CAS retries on fresh
+data.  A failed or empty summary raises SummaryError before anything is written,
+is logged in ``compactions`` with its error, and the task retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.compaction.base import SummaryError
+from shared.compaction.store import CompactionStore
+from shared.compaction.strategies import get_strategy
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 5
+
+
+async def request_compaction(rt: Runtime, session_id: str) -> bool:
+    """Queue one compaction for the session unless one is already pending."""
+    try:
+        fresh = await rt.redis.set(
+            keys.compact_pending_key(session_id),
+            "1",
+            nx=True,
+            ex=rt.settings.compaction_pending_ttl_s,
+        )
+    except RedisError:
+        return False  # the reaper asks again for sessions still over budget
+    if fresh:
+        await asyncio.to_thread(rt.send_task, keys.COMPACT_TASK, session_id)
+    return bool(fresh)
+
+
+async def compact(rt: Runtime, session_id: str) -> str:
+    with contextlib.suppress(RedisError):
+        await rt.redis.delete(keys.compact_pending_key(session_id))
+    cstore = CompactionStore(rt.store.engine)
+    strategy = get_strategy(rt.policy.strategy)
+    for attempt in range(1, CAS_ATTEMPTS + 1):
+        started = datetime.now(UTC)
+        snap = await cstore.snapshot(session_id)
+        if snap is None:
+            return "gone"
+        try:
+            result = await strategy.compact(snap, rt.policy, rt.summarizer())
+        except SummaryError as exc:
+            await cstore.record(
+                session_id,
+                strategy=strategy.name,
+                status="failed",
+                old_mark=snap.mark,
+                started_at=started,
+                tokens_before=snap.tokens,
+                error=str(exc) or type(exc).__name__,
+                attempt=attempt,
+            )
+            log.warning(
+                "compaction failed; nothing committed, will retry",
+                extra={"session_id": session_id, "error": str(exc)[:200]},
+            )
+            raise
+        if result is None:
+            return "noop"
+        after = await cstore.commit(snap, result)
+        status = "succeeded" if after is not None else "conflict"
+        await cstore.record(
+            session_id,
+            strategy=strategy.name,
+            status=status,
+            old_mark=snap.mark,
+            new_mark=result.new_mark,
+            started_at=started,
+            tokens_before=snap.tokens,
+            tokens_after=after,
+            attempt=attempt,
+        )
+        if after is not None:
+            log.info(
+                "compacted",
+                extra={"session_id": session_id, "before": snap.tokens, "after": after},
+            )
+            return "compacted"
+    return "conflict"

@@ -1,0 +1,74 @@
+"""Keep every model call within the window (I8) and account for context size.
+
+    budget = CallBudget.for_turn(rt)
+    run_config = replace(rt.run_config, call_model_input_filter=budget.filter)
+
+Before every model call of a turn (including calls after tool results) the input
+is repaired (no dangling tool call or orphan output reaches the provider) and, if
+compaction has not caught up, trimmed in memory at turn boundaries to fit.  A
+trim never touches storage; the turn asks the summarizer to catch up instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from agents import Agent
+from agents.run_config import CallModelData, ModelInputData
+
+from shared.compaction.base import ContextPolicy, Item
+from shared.compaction.turns import repair, trim_to_budget
+from shared.tokens import TokenEstimator
+
+SAFETY = 0.95  # estimates are estimates: leave a little room
+
+
+def overhead_tokens(agent: Agent[Any], estimator: TokenEstimator) -> int:
+    """Instructions and tool schemas: sent with every call, counted once per process."""
+    parts: list[str] = []
+    if isinstance(agent.instructions, str):
+        parts.append(agent.instructions)
+    for tool in agent.tools:
+        schema = getattr(tool, "params_json_schema", None)
+        parts.append(f"{getattr(tool, 'name', '')} {getattr(tool, 'description', '')}")
+        if schema is not None:
+            parts.append(json.dumps(schema))
+    return estimator.count_text("\n".join(parts)) if parts else 0
+
+
+@dataclass
+class CallBudget:
+    policy: ContextPolicy
+    estimator: TokenEstimator
+    overhead: int
+    calibration: float = 1.0  # measured tokens / estimated tokens, from earlier calls
+    trimmed: bool = False
+    calls: int = 0
+    largest_input_estimate: int = 0
+
+    @property
+    def item_limit(self) -> int:
+        """Tokens the input items may use in one call."""
+        room = self.policy.input_limit * SAFETY / max(self.calibration, 0.5) - self.overhead
+        return max(1, int(room))
+
+    def count(self, items: list[Item]) -> int:
+        return self.estimator.count_items(items)
+
+    def filter(self, data: CallModelData[Any]) -> ModelInputData:
+        items = repair(list(data.model_data.input))  # type: ignore[arg-type]
+        items, trimmed = trim_to_budget(items, self.item_limit, self.count)
+        self.trimmed |= trimmed
+        self.calls += 1
+        self.largest_input_estimate = max(self.largest_input_estimate, self.count(items))
+        return ModelInputData(input=items, instructions=data.model_data.instructions)  # type: ignore[arg-type]
+
+
+def updated_calibration(old: float, measured: int, estimated: int) -> float:
+    """Moving average of what the model measured over what we estimated (bounded 0.5-2)."""
+    if measured <= 0 or estimated <= 0:
+        return old
+    ratio = min(2.0, max(0.5, measured / estimated))
+    return 0.8 * old + 0.2 * ratio
