@@ -1,0 +1,545 @@
+"""Summarizers: fold the items a compaction evicts into the previous summary.
+
+    from shared.compaction.summarizers import load_summarizer
+    summarize = load_summarizer("auto", settings)     # extractive offline, a model online
+    summary = await summarize(previous, evicted_items, max_tokens=policy.summary_max_tokens)
+
+Every summarizer ``load_summarizer`` returns is wrapped by ``validated``: a summarizer
+that fails, returns nothing or returns an error text raises ``SummaryError``, so a
+failed summary is never committed over the history it replaces (DESIGN lessons).
+
+The extractive summarizer writes plain-text sections that it parses back next time,
+so the summary grows incrementally (previous + newly evicted) within ``max_tokens``::
+
+    User facts:
+    - My name is Ada.
+    - The door code is 4417.
+    Tool results:
+    - get_weather({"city": "Austin"}) -> Austin: 31°C, sunny
+    Open questions:
+    - What is my account balance?
+    Earlier topics:
+    - Tell me about the history of Rome.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from shared.compaction.base import Item, Summarizer, SummaryError
+from shared.compaction.turns import is_user_message, shorten_text
+from shared.tokens import HeuristicEstimator, TokenEstimator
+
+if TYPE_CHECKING:
+    from agents import Model, ModelProvider
+
+    from shared.settings import Settings
+
+__all__ = [
+    "AgentSummarizer",
+    "ExtractiveSummarizer",
+    "ValidatedSummarizer",
+    "load_summarizer",
+    "render_items",
+    "validated",
+]
+
+FACTS, TOOLS, QUESTIONS, TOPICS, EARLIER = (
+    "User facts:",
+    "Tool results:",
+    "Open questions:",
+    "Earlier topics:",
+    "Earlier summary:",
+)
+_RENDER_ORDER = (EARLIER, FACTS, TOOLS, QUESTIONS, TOPICS)
+
+
+# --- reading items -------------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    """The text of message content or tool output: a string or a list of text parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        for key in ("text", "output", "content", "refusal"):
+            if isinstance(value.get(key), str):
+                return str(value[key])
+        return ""
+    if isinstance(value, list | tuple):
+        return " ".join(t for t in (_text(part) for part in value) if t)
+    return ""
+
+
+def _role(item: Item) -> str | None:
+    return (
+        str(item["role"]) if item.get("type", "message") == "message" and "role" in item else None
+    )
+
+
+def _call_line(call: Item | None, output: Item | None, max_chars: int) -> str:
+    name = str(call.get("name", "?")) if call else "?"
+    args = str(call.get("arguments", "")) if call else ""
+    args = shorten_text(" ".join(args.split()), max(60, max_chars // 4))
+    result = _text(output.get("output")).strip() if output else "[no output]"
+    return f"{name}({args}) -> {shorten_text(result, max_chars)}"
+
+
+def _tool_lines(items: Sequence[Item], max_chars: int) -> list[str]:
+    """``name(args) -> output`` for every call or output, at the position of its output."""
+    calls = {i.get("call_id"): i for i in items if i.get("type") == "function_call"}
+    answered = {i.get("call_id") for i in items if i.get("type") == "function_call_output"}
+    lines: list[str] = []
+    for item in items:
+        if item.get("type") == "function_call_output":
+            lines.append(_call_line(calls.get(item.get("call_id")), item, max_chars))
+        elif item.get("type") == "function_call" and item.get("call_id") not in answered:
+            lines.append(_call_line(item, None, max_chars))
+    return lines
+
+
+def render_items(items: Sequence[Item], max_tool_chars: int = 2_000) -> list[str]:
+    """A plain-text transcript, one entry per message or tool call (reasoning is skipped)."""
+    calls = {i.get("call_id"): i for i in items if i.get("type") == "function_call"}
+    answered = {i.get("call_id") for i in items if i.get("type") == "function_call_output"}
+    lines: list[str] = []
+    for item in items:
+        role, kind = _role(item), item.get("type")
+        if role is not None:
+            text = _text(item.get("content")).strip()
+            if text:
+                lines.append(f"{role}: {text}")
+        elif kind == "function_call_output":
+            call = calls.get(item.get("call_id"))
+            lines.append("tool call " + _call_line(call, item, max_tool_chars))
+        elif kind == "function_call" and item.get("call_id") not in answered:
+            lines.append("tool call " + _call_line(item, None, max_tool_chars))
+    return lines
+
+
+# --- facts -----------------------------------------------------------------------------
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_LEAD = r"^(?:(?:please\s+)?(?:remember|note)(?:\s+that)?[:,]?\s+)?"
+_MY_KEY = re.compile(
+    r"\b(?:my|our)\s+(?P<key>[a-z][\w'\- ]{0,40}?)\s+(?:is|are|was|were|=)\s+\S", re.IGNORECASE
+)
+_THE_KEY = re.compile(
+    _LEAD + r"the\s+(?P<key>[a-z][\w'\- ]{0,40}?)\s+(?:is|are|=)\s+\S", re.IGNORECASE
+)
+_CALL_ME = re.compile(r"\bcall\s+me\s+(?P<value>[^.;,!?\n]+?)\s*(?:[.;,!?]|$)", re.IGNORECASE)
+_I_LIVE = re.compile(r"\bI\s+(?:now\s+)?live\b", re.IGNORECASE)
+_STRONG = re.compile(
+    r"\bI\s+am\b|\bI['\u2019]m\b|\bremember\b|\bcall\s+me\b|\bmy\s+name\b"
+    r"|\bI\s+(?:now\s+)?(?:live|work|moved|was\s+born|prefer)\b",
+    re.IGNORECASE,
+)
+_WEAK = re.compile(r"\d|[\w.+-]+@[\w-]+\.[\w.-]+|https?://\S+|\bwww\.\S+", re.IGNORECASE)
+_SYNONYMS = {"favorite": "favourite", "color": "colour", "our": "my"}
+_UNABLE = re.compile(
+    r"\bI\s+(?:don['\u2019]t|do\s+not|can['\u2019]t|cannot|could\s+not|couldn['\u2019]t)\s+"
+    r"(?:know|have|find|answer|tell|access|compare|help|say|see|determine)"
+    r"|\bI(?:['\u2019]m|\s+am)\s+not\s+(?:sure|able)|\bunable\s+to\b|\bno\s+information\b",
+    re.IGNORECASE,
+)
+_MAX_FACT_CHARS = 600
+_MAX_GIST_CHARS = 120
+_MAX_WEAK_FACTS_PER_MESSAGE = 5
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text) if s.strip()]
+
+
+def _norm(key: str) -> str:
+    return " ".join(_SYNONYMS.get(w, w) for w in key.lower().split())
+
+
+def _fact_keys(fact: str) -> frozenset[str]:
+    """What a fact sets ("my name", "the door code"): a later fact with the key replaces it."""
+    keys = {"my " + _norm(m["key"]) for m in _MY_KEY.finditer(fact)}
+    match = _THE_KEY.match(fact)
+    if match:
+        keys.add("the " + _norm(match["key"]))
+    if _CALL_ME.search(fact):
+        keys.add("my name")
+    if _I_LIVE.search(fact):
+        keys.add("i live")
+    return frozenset(keys)
+
+
+def _is_strong(fact: str) -> bool:
+    return bool(_STRONG.search(fact) or _fact_keys(fact))
+
+
+def _fact_entry(sentence: str) -> str:
+    """The sentence verbatim; "call me X" also says "My name is X" (how names are asked for)."""
+    sentence = shorten_text(sentence, _MAX_FACT_CHARS)
+    match = _CALL_ME.search(sentence)
+    if match and not _MY_KEY.search(sentence):
+        return f"My name is {match['value'].strip()}; the user said: {sentence}"
+    return sentence
+
+
+def _gist(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MAX_GIST_CHARS else flat[: _MAX_GIST_CHARS - 3].rstrip() + "..."
+
+
+# --- the summary as sections ---------------------------------------------------------------
+
+
+@dataclass
+class _Digest:
+    sections: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in _RENDER_ORDER})
+
+    @classmethod
+    def parse(cls, text: str | None) -> _Digest:
+        """Sections written by ``render``; any other text is kept as "Earlier summary"."""
+        digest = cls()
+        current: list[str] | None = None
+        free: list[str] = []
+        for line in (text or "").splitlines():
+            if line.strip() in digest.sections:
+                current = digest.sections[line.strip()]
+            elif current is not None and line.startswith("- "):
+                current.append(line[2:])
+            elif current is not None and line.startswith("  ") and current:
+                current[-1] += "\n" + line[2:]
+            elif line.strip():
+                free.append(line.strip())
+                current = None
+        if free:
+            digest.sections[EARLIER].insert(0, "\n".join(free))
+        return digest
+
+    def render(self) -> str:
+        parts: list[str] = []
+        for name in _RENDER_ORDER:
+            entries = self.sections[name]
+            if entries:
+                parts.append(name)
+                parts += ["- " + e.replace("\n", "\n  ") for e in entries]
+        return "\n".join(parts)
+
+    def add(self, name: str, entry: str) -> None:
+        """Append ``entry`` as the newest of its section, replacing what it supersedes."""
+        entry = entry.strip()
+        if not entry:
+            return
+        entries = self.sections[name]
+        if entry in entries:
+            entries.remove(entry)
+        if name == FACTS:
+            self._supersede(entry)
+        entries.append(entry)
+
+    def _supersede(self, fact: str) -> None:
+        """Drop older facts whose every key the new fact sets again (a new name, a new code)."""
+        new_keys = _fact_keys(fact)
+        if not new_keys:
+            return
+        self.sections[FACTS][:] = [
+            old
+            for old in self.sections[FACTS]
+            if not (_fact_keys(old) and _fact_keys(old) <= new_keys)
+        ]
+
+    def drop_order(self) -> Iterable[tuple[str, str]]:
+        """Oldest first: topics, open questions, tool results, free text, weak then key facts."""
+        for name in (TOPICS, QUESTIONS, TOOLS, EARLIER):
+            yield from ((name, e) for e in list(self.sections[name]))
+        facts = list(self.sections[FACTS])
+        yield from ((FACTS, e) for e in facts if not _is_strong(e))
+        yield from ((FACTS, e) for e in facts if _is_strong(e))
+
+
+def _turns(items: Sequence[Item]) -> list[list[Item]]:
+    turns: list[list[Item]] = []
+    for item in items:
+        if is_user_message(item) or not turns:
+            turns.append([])
+        turns[-1].append(item)
+    return turns
+
+
+def _assistant_text(turn: Sequence[Item]) -> str:
+    texts = [_text(i.get("content")) for i in turn if _role(i) == "assistant"]
+    return texts[-1] if texts else ""
+
+
+@dataclass(frozen=True)
+class ExtractiveSummarizer:
+    """Deterministic, offline: keeps what the user said and what tools returned, verbatim.
+
+    No model is involved, so it is the default with the offline model and the safe
+    fallback anywhere; what it cannot do is paraphrase, so budgets fill with verbatim
+    text and the oldest low-value entries go first (see ``_Digest.drop_order``).
+    """
+
+    estimator: TokenEstimator = field(default_factory=HeuristicEstimator)
+    max_tool_chars: int = 600
+
+    async def __call__(
+        self, previous: str | None, evicted: Sequence[Item], *, max_tokens: int
+    ) -> str:
+        return self.summarize(previous, evicted, max_tokens=max_tokens)
+
+    def summarize(self, previous: str | None, evicted: Sequence[Item], *, max_tokens: int) -> str:
+        digest = _Digest.parse(previous)
+        for turn in _turns(evicted):
+            self._fold_turn(digest, turn)
+        if not any(digest.sections.values()) and evicted:
+            digest.add(TOPICS, f"({len(evicted)} earlier items with no user text)")
+        return self._fit(digest, max_tokens)
+
+    def _fold_turn(self, digest: _Digest, turn: Sequence[Item]) -> None:
+        unable = bool(_UNABLE.search(_assistant_text(turn)))
+        for item in turn:
+            if not is_user_message(item):
+                continue
+            facts: list[str] = []
+            other: list[str] = []
+            weak = 0
+            for sentence in _sentences(_text(item.get("content"))):
+                if sentence.endswith("?"):
+                    other.append(sentence)
+                elif _is_strong(sentence):
+                    facts.append(sentence)
+                elif _WEAK.search(sentence) and weak < _MAX_WEAK_FACTS_PER_MESSAGE:
+                    facts.append(sentence)
+                    weak += 1
+                else:
+                    other.append(sentence)
+            for fact in facts:
+                digest.add(FACTS, _fact_entry(fact))
+            if other:
+                questions = [s for s in other if s.endswith("?")] or other
+                if unable:
+                    digest.add(QUESTIONS, _gist(" ".join(questions)))
+                else:
+                    digest.add(TOPICS, _gist(" ".join(other)))
+        for line in _tool_lines(turn, self.max_tool_chars):
+            digest.add(TOOLS, line)
+
+    def _fit(self, digest: _Digest, max_tokens: int) -> str:
+        text = digest.render()
+        tokens = self.estimator.count_text(text)
+        if tokens <= max_tokens:
+            return text
+        # Drop by estimated entry cost first, then check the real rendering one by one.
+        for name, entry in digest.drop_order():
+            if tokens <= max_tokens:
+                break
+            digest.sections[name].remove(entry)
+            tokens -= self.estimator.count_text("- " + entry + "\n")
+        for name, entry in digest.drop_order():
+            text = digest.render()
+            if self.estimator.count_text(text) <= max_tokens:
+                return text
+            digest.sections[name].remove(entry)
+        text = digest.render()
+        return text if self.estimator.count_text(text) <= max_tokens else ""
+
+
+# --- a model as summarizer -----------------------------------------------------------------
+
+DEFAULT_INSTRUCTIONS = """\
+You maintain the running summary of a conversation between a user and an assistant.
+You receive the previous summary (possibly empty) and the part of the conversation that
+is leaving the assistant's context. Write ONE new summary that replaces both.
+Rules:
+- Copy identifiers exactly as written: names, numbers, codes, ids (e.g. A-1234), e-mail
+  addresses, URLs, dates, amounts. Never round, translate or paraphrase them.
+- Keep every fact the user stated about themselves, their preferences and their task.
+  When a fact changed, keep only the latest value.
+- Keep tool results that may matter later as `tool(arguments) -> result`.
+- List questions the assistant could not answer yet.
+- Reduce small talk and finished topics to a short gist.
+Use these sections, each line starting with "- ": "User facts:", "Tool results:",
+"Open questions:", "Earlier topics:". Output only the summary, no preamble."""
+
+
+class AgentSummarizer:
+    """A summarizer ``agents.Agent`` on its own (usually cheaper) model.
+
+    Long evictions are folded in chunks of at most ``max_input_tokens``, each chunk
+    into the summary so far, so the summarizer model's own window is never exceeded.
+    Any model failure becomes ``SummaryError``.
+    """
+
+    def __init__(
+        self,
+        model: Model | str,
+        instructions: str | None = None,
+        *,
+        model_provider: ModelProvider | None = None,
+        max_input_tokens: int = 24_000,
+        tracing_disabled: bool = True,
+        estimator: TokenEstimator | None = None,
+    ) -> None:
+        self.model = model
+        self.instructions = instructions or DEFAULT_INSTRUCTIONS
+        self.model_provider = model_provider
+        self.max_input_tokens = max_input_tokens
+        self.tracing_disabled = tracing_disabled
+        self.estimator = estimator or HeuristicEstimator()
+
+    def _chunks(self, lines: Sequence[str]) -> list[list[str]]:
+        budget = self.max_input_tokens
+        chunks: list[list[str]] = [[]]
+        used = 0
+        for line in lines:
+            cost = self.estimator.count_text(line) + 1
+            if cost > budget:  # one huge message: keep its head and tail
+                line = shorten_text(line, int(budget * 3))
+                cost = self.estimator.count_text(line) + 1
+            if used + cost > budget and chunks[-1]:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(line)
+            used += cost
+        return chunks
+
+    async def __call__(
+        self, previous: str | None, evicted: Sequence[Item], *, max_tokens: int
+    ) -> str:
+        summary = previous
+        for chunk in self._chunks(render_items(evicted)):
+            summary = await self._fold(summary, chunk, max_tokens)
+        return summary or ""
+
+    async def _fold(self, previous: str | None, lines: Sequence[str], max_tokens: int) -> str:
+        from agents import Agent, ModelSettings, RunConfig, Runner
+
+        agent: Agent[None] = Agent(
+            name="turnq-summarizer",
+            instructions=self.instructions,
+            model=self.model,
+            model_settings=ModelSettings(max_tokens=max(256, 2 * max_tokens)),
+        )
+        prompt = (
+            f"Previous summary:\n{previous or '(none)'}\n\n"
+            "Conversation leaving the context:\n" + "\n".join(lines) + "\n\n"
+            f"Write the new summary in at most {max_tokens} tokens."
+        )
+        config = RunConfig(tracing_disabled=self.tracing_disabled)
+        if self.model_provider is not None:
+            config.model_provider = self.model_provider
+        try:
+            result = await Runner.run(agent, prompt, run_config=config, max_turns=1)
+        except Exception as exc:
+            raise SummaryError(f"summarizer model failed: {type(exc).__name__}: {exc}") from exc
+        output = result.final_output
+        if not isinstance(output, str):
+            raise SummaryError(f"summarizer returned {type(output).__name__}, not text")
+        return output.strip()
+
+
+# --- validation and loading -------------------------------------------------------------------
+
+_ERROR_START = re.compile(r"^\s*(?:error\b|traceback\b|exception\b|\{\s*['\"]error['\"])", re.I)
+_ERROR_PHRASES = (
+    "rate limit",
+    "exceeded your quota",
+    "internal server error",
+    "service unavailable",
+    "context_length_exceeded",
+    "maximum context length",
+)
+
+
+class ValidatedSummarizer:
+    """Refuses (``SummaryError``) any summary that must not replace the history it covers."""
+
+    def __init__(self, inner: Summarizer, estimator: TokenEstimator | None = None) -> None:
+        self.inner = inner
+        self.estimator = estimator or HeuristicEstimator()
+
+    async def __call__(
+        self, previous: str | None, evicted: Sequence[Item], *, max_tokens: int
+    ) -> str:
+        try:
+            summary = await self.inner(previous, evicted, max_tokens=max_tokens)
+        except SummaryError:
+            raise
+        except Exception as exc:
+            raise SummaryError(f"summarizer failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(summary, str) or not summary.strip():
+            raise SummaryError("the summarizer returned an empty summary")
+        if _ERROR_START.match(summary):
+            raise SummaryError(f"the summary looks like an error: {summary[:120]!r}")
+        lowered = summary.lower()
+        source = None
+        for phrase in _ERROR_PHRASES:
+            if phrase in lowered:
+                # Legitimate when the conversation itself talked about it.
+                if source is None:
+                    source = ((previous or "") + "\n" + "\n".join(render_items(evicted))).lower()
+                if phrase not in source:
+                    raise SummaryError(f"the summary looks like an error: {summary[:120]!r}")
+        tokens = self.estimator.count_text(summary)
+        if tokens >= max_tokens * 1.5:
+            raise SummaryError(f"the summary has {tokens} tokens, over 1.5 x {max_tokens}")
+        return summary
+
+
+def validated(summarizer: Summarizer, estimator: TokenEstimator | None = None) -> Summarizer:
+    """``summarizer`` behind the checks of ``ValidatedSummarizer`` (never wrapped twice)."""
+    if isinstance(summarizer, ValidatedSummarizer):
+        return summarizer
+    return ValidatedSummarizer(summarizer, estimator)
+
+
+def _from_import_path(spec: str) -> Summarizer:
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load summarizer {spec!r}: {exc}") from exc
+    if inspect.isclass(obj):
+        return cast(Summarizer, obj())
+    if inspect.iscoroutinefunction(obj):  # the summarizer itself
+        return cast(Summarizer, obj)
+    if callable(obj) and inspect.isfunction(obj):
+        required = [
+            p
+            for p in inspect.signature(obj).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if not required:
+            return cast(Summarizer, obj())
+    if callable(obj):
+        return cast(Summarizer, obj)
+    raise ValueError(f"{spec!r} is neither a summarizer nor a factory of one")
+
+
+def load_summarizer(spec: str, settings: Settings) -> Summarizer:
+    """ "auto", "extractive", "agent" or "package.module:attr", always ``validated``.
+
+    "auto" is extractive with the offline model and a model summarizer otherwise;
+    "agent" uses ``settings.summarizer_model`` on the configured backend.
+    """
+    builders: dict[str, Callable[[], Summarizer]] = {
+        "extractive": ExtractiveSummarizer,
+        "agent": lambda: _agent_summarizer(settings),
+    }
+    if spec == "auto":
+        spec = "extractive" if settings.use_offline_model else "agent"
+    if spec in builders:
+        return validated(builders[spec]())
+    if ":" in spec:
+        return validated(_from_import_path(spec))
+    raise ValueError(f"unknown summarizer {spec!r}: use auto, extractive, agent or module:attr")
+
+
+def _agent_summarizer(settings: Settings) -> Summarizer:
+    from shared.models import build_model_provider
+
+    model = build_model_provider(settings).get_model(settings.summarizer_model)
+    return AgentSummarizer(model, tracing_disabled=not settings.tracing)

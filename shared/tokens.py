@@ -1,0 +1,188 @@
+"""Token estimates for the model's context, until the model measures it.
+
+    from shared.tokens import calibrate, default_estimator
+    estimator = default_estimator()              # tiktoken if installed and cached, else heuristic
+    estimator.count_items(view)                  # the trim and compaction budgets use this
+    # after a model call reported usage.input_tokens for a context we estimated:
+    estimator = CalibratedEstimator.wrap(estimator, calibrate(estimator, measured, estimated))
+
+The model's reported usage is the truth (DESIGN "Token accounting"); estimates only
+bridge the text added since the last call.  The heuristic counts UTF-8 bytes of each
+item's compact-ish JSON divided by ``chars_per_token`` (≈ chars/4 for English, so it
+agrees with ``shared.models.brain.estimate_tokens`` -- the offline model's reported
+usage -- and ``shared.store.estimate_tokens``), while text outside ASCII, which real
+tokenizers split finer, costs more per character.  It overestimates real models a
+little (JSON keys are counted), which is the safe side for I8; ``calibrate`` corrects it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "CalibratedEstimator",
+    "HeuristicEstimator",
+    "TiktokenEstimator",
+    "TokenEstimator",
+    "calibrate",
+    "default_estimator",
+]
+
+Item = Mapping[str, Any]
+MIN_FACTOR, MAX_FACTOR = 0.5, 2.0
+
+
+@runtime_checkable
+class TokenEstimator(Protocol):
+    def count_text(self, text: str) -> int:
+        """Tokens of a bare text (0 for "")."""
+        ...
+
+    def count_items(self, items: Sequence[Item]) -> int:
+        """Tokens of input items, each at least 1 plus a small per-item overhead."""
+        ...
+
+
+def _item_json(item: object) -> str:
+    return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class HeuristicEstimator:
+    """UTF-8 bytes / ``chars_per_token``: no tokenizer, no download, deterministic."""
+
+    chars_per_token: float = 4.0
+    per_item_overhead: int = 2
+
+    def __post_init__(self) -> None:
+        if self.chars_per_token <= 0:
+            raise ValueError("chars_per_token must be positive")
+        if self.per_item_overhead < 0:
+            raise ValueError("per_item_overhead must not be negative")
+
+    def count_text(self, text: str) -> int:
+        return math.ceil(len(text.encode("utf-8", "surrogatepass")) / self.chars_per_token)
+
+    def count_item(self, item: Item) -> int:
+        return max(1, self.count_text(_item_json(item))) + self.per_item_overhead
+
+    def count_items(self, items: Sequence[Item]) -> int:
+        return sum(self.count_item(item) for item in items)
+
+
+# Keys whose values are ids, flags or opaque blobs rather than text the model reads.
+_NOT_TEXT = frozenset({"id", "type", "status", "call_id", "annotations", "logprobs"})
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() if k not in _NOT_TEXT for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return [] if value is None else [str(value)]
+
+
+class TiktokenEstimator:
+    """Real BPE counts of each item's text fields plus a per-item overhead (3, as OpenAI's).
+
+    Build it with ``TiktokenEstimator.load()``, which returns None rather than download
+    an encoding: tiktoken fetches its BPE files over HTTP on first use, and turnq must
+    run on machines with no network.
+    """
+
+    def __init__(self, encoding: Any, per_item_overhead: int = 3) -> None:
+        self.encoding = encoding
+        self.per_item_overhead = per_item_overhead
+
+    _load_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, name: str = "o200k_base") -> TiktokenEstimator | None:
+        """The estimator for encoding ``name`` if tiktoken has it locally, else None."""
+        try:
+            import tiktoken
+            import tiktoken.load
+        except ImportError:
+            return None
+        original = tiktoken.load.read_file
+
+        def local_only(blobpath: str) -> bytes:
+            if "://" in blobpath:
+                raise OSError(f"tiktoken encoding {name!r} is not cached; not downloading it")
+            return bytes(original(blobpath))
+
+        with cls._load_lock:  # read_file is module state: patch it for this call only
+            tiktoken.load.read_file = local_only
+            try:
+                encoding = tiktoken.get_encoding(name)
+            except Exception:  # not cached, unknown name, corrupt cache: fall back
+                return None
+            finally:
+                tiktoken.load.read_file = original
+        return cls(encoding)
+
+    def count_text(self, text: str) -> int:
+        return len(self.encoding.encode(text, disallowed_special=()))
+
+    def count_items(self, items: Sequence[Item]) -> int:
+        return sum(
+            max(1, sum(self.count_text(s) for s in _strings(item))) + self.per_item_overhead
+            for item in items
+        )
+
+
+@dataclass(frozen=True)
+class CalibratedEstimator:
+    """Another estimator's counts times ``factor`` (see ``calibrate``)."""
+
+    inner: TokenEstimator
+    factor: float = 1.0
+
+    @classmethod
+    def wrap(cls, estimator: TokenEstimator, factor: float) -> CalibratedEstimator:
+        """``estimator`` with ``factor`` (replacing, not stacking on, an earlier calibration)."""
+        inner = estimator.inner if isinstance(estimator, CalibratedEstimator) else estimator
+        return cls(inner, _bounded(factor))
+
+    def count_text(self, text: str) -> int:
+        return math.ceil(self.inner.count_text(text) * self.factor)
+
+    def count_items(self, items: Sequence[Item]) -> int:
+        return math.ceil(self.inner.count_items(items) * self.factor) if items else 0
+
+
+def _bounded(factor: float) -> float:
+    if not math.isfinite(factor):
+        return 1.0
+    return min(MAX_FACTOR, max(MIN_FACTOR, factor))
+
+
+def calibrate(estimator: TokenEstimator, measured_tokens: int, estimated_tokens: int) -> float:
+    """The correction factor (0.5-2.0) that makes ``estimator`` match a measured count.
+
+    ``estimated_tokens`` is what ``estimator`` said for the context the model then
+    measured as ``measured_tokens``.  For a ``CalibratedEstimator`` the factor already
+    applied is taken into account, so the result is always relative to the raw
+    estimator and can be passed straight to ``CalibratedEstimator.wrap``.  Nonsense
+    input (zero or negative counts) keeps the current factor.
+    """
+    current = estimator.factor if isinstance(estimator, CalibratedEstimator) else 1.0
+    if measured_tokens <= 0 or estimated_tokens <= 0:
+        return current
+    return _bounded(current * measured_tokens / estimated_tokens)
+
+
+def default_estimator() -> TokenEstimator:
+    """tiktoken's o200k_base (then cl100k_base) when available offline, else the heuristic."""
+    for name in ("o200k_base", "cl100k_base"):
+        estimator = TiktokenEstimator.load(name)
+        if estimator is not None:
+            return estimator
+    return HeuristicEstimator()
