@@ -43,7 +43,7 @@ def seed_sessions(database_url: str, n: int) -> list[str]:
             rows = []
             for p in range(40):
                 item = (
-                    {"role": "user", "content": text.format(p)}
+                    {"role": "user", "content": text.format(p, p, p)}
                     if p % 2 == 0
                     else {
                         "type": "message",
@@ -76,6 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--turns", type=int, default=300)
     ap.add_argument("--backlog", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     with scratch_stack() as env:
         env = {**env, **POLICY}
@@ -104,14 +105,18 @@ def main() -> None:
         idle: list[float] = []
         busy: list[float] = []
         depth: list[int] = []
+        rounds: list[tuple[float, float]] = []
         try:
             chat_latencies(client, 30, "warm")
-            for rnd in range(2):
-                idle += chat_latencies(client, args.turns, f"idle{rnd}")
+            for rnd in range(args.rounds):
+                idle_r = chat_latencies(client, args.turns, f"idle{rnd}")
+                idle += idle_r
                 for sid in sessions:
                     app.send_task(keys.COMPACT_TASK, args=[sid])
                 depth.append(int(r.llen(ns + "summarize")))
-                busy += chat_latencies(client, args.turns, f"busy{rnd}")
+                busy_r = chat_latencies(client, args.turns, f"busy{rnd}")
+                busy += busy_r
+                rounds.append((pct(idle_r, 99), pct(busy_r, 99)))
                 depth.append(int(r.llen(ns + "summarize")))
                 r.delete(
                     ns + "summarize"
@@ -140,6 +145,8 @@ def main() -> None:
         )
     )
     print("summarize queue depth at start/end of each busy phase:", depth)
+    print("per-round p99 (idle, busy) ms:", [(round(a, 2), round(b, 2)) for a, b in rounds])
+    print("median of per-round p99 ratios:", round(median([b / a for a, b in rounds]), 3))
 
 
 if __name__ == "__main__":

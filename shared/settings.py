@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         default="auto", description="auto | extractive | agent | package.module:attr"
     )
     compaction_pending_ttl_s: int = 600
+    summarizer_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness of a worker that consumes only the summarize queue, so "
+        "summarization yields the CPU to chat turns on shared machines",
+    )
 
     # --- celery -----------------------------------------------------------
     worker_concurrency: int = Field(default=200, ge=1)

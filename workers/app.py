@@ -7,6 +7,7 @@ event loop (``workers.runtime``), and return.  Policy lives in ``workers/turn.py
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.celery_app import make_celery
 from shared.compaction.base import SummaryError
-from shared.keys import COMPACT_TASK, DRAIN_TASK, REAP_TASK
+from shared.keys import COMPACT_TASK, DRAIN_TASK, REAP_TASK, SUMMARIZE_QUEUE
 from shared.settings import get_settings
 from workers.compact import compact
 from workers.reaper import reap
@@ -106,9 +107,23 @@ def reap_task() -> int:
 READY_LINE = "turnq: worker ready"
 
 
+def _lower_priority_if_summarizer(consumer: Any) -> None:
+    """A summarize-only pool is the low-priority pool: it yields the CPU to chat (I7)."""
+    try:
+        queues = set(consumer.app.amqp.queues.consume_from)
+    except AttributeError:
+        return
+    if queues and all(q.endswith(SUMMARIZE_QUEUE) for q in queues):
+        nice = get_settings().summarizer_nice
+        if nice:
+            os.nice(nice)
+            log.info("summarizer pool: CPU niceness +%d", nice)
+
+
 @signals.worker_ready.connect
-def _warm_up(**_: Any) -> None:
+def _warm_up(sender: Any = None, **_: Any) -> None:
     """Connect and import the agent before the first kick, then say so (at any log level)."""
+    _lower_priority_if_summarizer(sender)
     runtime()
     sys.stderr.write(f"{READY_LINE}\n")
     sys.stderr.flush()

@@ -75,18 +75,8 @@ async def compact(rt: Runtime, session_id: str) -> str:
             raise
         if result is None:
             return "noop"
-        after = await cstore.commit(snap, result)
-        status = "succeeded" if after is not None else "conflict"
-        await cstore.record(
-            session_id,
-            strategy=strategy.name,
-            status=status,
-            old_mark=snap.mark,
-            new_mark=result.new_mark,
-            started_at=started,
-            tokens_before=snap.tokens,
-            tokens_after=after,
-            attempt=attempt,
+        after = await cstore.commit(
+            snap, result, strategy=strategy.name, started_at=started, attempt=attempt
         )
         if after is not None:
             log.info(

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.compaction.base import CompactionResult, Snapshot, ViewItem
 from shared.store import estimate_tokens
@@ -59,12 +59,21 @@ class CompactionStore:
             summary_tokens=int(srow[3]),
         )
 
-    async def commit(self, snap: Snapshot, result: CompactionResult) -> int | None:
-        """Move the mark if nobody else has; returns the new context size, or None on a lost CAS."""
+    async def commit(
+        self, snap: Snapshot, result: CompactionResult, *, strategy: str, started_at: datetime,
+        attempt: int = 1,
+    ) -> int | None:  # fmt: skip
+        """Move the mark if nobody else has; returns the new context size, or None on a lost CAS.
+
+        The log row is written in the same transaction, and the transaction does not wait
+        for its WAL flush: a compaction lost in a crash is simply done again, while chat
+        commits sharing the flush with a busy summarizer pool would wait longer.
+        """
         summary_tokens = (estimate_tokens(result.summary) if result.summary else 0) + sum(
             estimate_tokens(i) for i in result.summary_items
         )
         async with self.engine.begin() as conn:
+            await conn.execute(text("SET LOCAL synchronous_commit = off"))
             row = (
                 await conn.execute(
                     text(
@@ -91,7 +100,21 @@ class CompactionStore:
                     },
                 )
             ).first()
-        return int(row[0]) if row is not None else None
+            after = int(row[0]) if row is not None else None
+            await self._insert_log(
+                conn,
+                snap.session_id,
+                strategy=strategy,
+                status="succeeded" if after is not None else "conflict",
+                old_mark=snap.mark,
+                new_mark=result.new_mark,
+                started_at=started_at,
+                tokens_before=snap.tokens,
+                tokens_after=after,
+                error=None,
+                attempt=attempt,
+            )
+        return after
 
     async def record(
         self,
@@ -109,30 +132,47 @@ class CompactionStore:
     ) -> None:
         """The compactions log: every attempt and its outcome stays visible to operators."""
         async with self.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    """
+            await conn.execute(text("SET LOCAL synchronous_commit = off"))
+            await self._insert_log(
+                conn,
+                session_id,
+                strategy=strategy,
+                status=status,
+                old_mark=old_mark,
+                new_mark=new_mark,
+                started_at=started_at,
+                tokens_before=tokens_before,
+                tokens_after=tokens_after,
+                error=error,
+                attempt=attempt,
+            )
+
+    @staticmethod
+    async def _insert_log(conn: AsyncConnection, session_id: str, **f: Any) -> None:
+        await conn.execute(
+            text(
+                """
                 INSERT INTO compactions (id, session_id, strategy, status, old_mark, new_mark,
                     tokens_before, tokens_after, error, attempt, started_at)
                 SELECT :id, :sid, :strategy, :status, :old_mark, :new_mark, :before, :after,
                     :error, :attempt, :started_at
                 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = :sid)
                 """
-                ),
-                {
-                    "id": str(uuid.uuid4()),
-                    "sid": session_id,
-                    "strategy": strategy,
-                    "status": status,
-                    "old_mark": old_mark,
-                    "new_mark": new_mark,
-                    "before": tokens_before,
-                    "after": tokens_after,
-                    "error": error[:2000] if error else None,
-                    "attempt": attempt,
-                    "started_at": started_at,
-                },
-            )
+            ),
+            {
+                "id": str(uuid.uuid4()),
+                "sid": session_id,
+                "strategy": f["strategy"],
+                "status": f["status"],
+                "old_mark": f["old_mark"],
+                "new_mark": f["new_mark"],
+                "before": f["tokens_before"],
+                "after": f["tokens_after"],
+                "error": f["error"][:2000] if f["error"] else None,
+                "attempt": f["attempt"],
+                "started_at": f["started_at"],
+            },
+        )
 
     async def history(self, session_id: str, limit: int = 20) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
