@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     task_events: bool = True
 
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="serve Prometheus /metrics here (0: off)"
+    )
+
     # --- beat -------------------------------------------------------------
     reaper_interval_s: float = 10.0
     reaper_stale_s: float = 30.0

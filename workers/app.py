@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from celery import signals
+from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -124,6 +125,9 @@ def _lower_priority_if_summarizer(consumer: Any) -> None:
 def _warm_up(sender: Any = None, **_: Any) -> None:
     """Connect and import the agent before the first kick, then say so (at any log level)."""
     _lower_priority_if_summarizer(sender)
+    port = get_settings().metrics_port
+    if port:
+        start_http_server(port, addr="127.0.0.1" if get_settings().env != "prod" else "0.0.0.0")
     runtime()
     sys.stderr.write(f"{READY_LINE}\n")
     sys.stderr.flush()

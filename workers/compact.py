@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, metrics
 from shared.compaction.base import SummaryError
 from shared.compaction.store import CompactionStore
 from shared.compaction.strategies import get_strategy
@@ -68,16 +68,20 @@ async def compact(rt: Runtime, session_id: str) -> str:
                 error=str(exc) or type(exc).__name__,
                 attempt=attempt,
             )
+            metrics.COMPACTIONS.labels(strategy=strategy.name, status="failed").inc()
             log.warning(
                 "compaction failed; nothing committed, will retry",
                 extra={"session_id": session_id, "error": str(exc)[:200]},
             )
             raise
         if result is None:
+            metrics.COMPACTIONS.labels(strategy=strategy.name, status="noop").inc()
             return "noop"
         after = await cstore.commit(
             snap, result, strategy=strategy.name, started_at=started, attempt=attempt
         )
+        status = "succeeded" if after is not None else "conflict"
+        metrics.COMPACTIONS.labels(strategy=strategy.name, status=status).inc()
         if after is not None:
             log.info(
                 "compacted",

@@ -26,7 +26,7 @@ from agents import Runner
 from agents.exceptions import MaxTurnsExceeded, UserError
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, metrics
 from shared.errors import Fenced
 from shared.locks import SessionLock
 from shared.sdk_session import summary_item
@@ -103,6 +103,7 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
         error = _describe(exc)
         await rt.store.fail_turn(turn, fence, error)
         await publish(rt, turn.id, {"type": "status", "status": "failed", "error": error})
+        metrics.TURNS.labels(status="failed").inc()
         log.warning(
             "turn failed",
             extra={"turn_id": turn.id, "session_id": turn.session_id, "error": error},
@@ -129,6 +130,10 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
         context_tokens=context_tokens,
     )
     await publish(rt, turn.id, {"type": "status", "status": "succeeded"})
+    metrics.TURNS.labels(status="succeeded").inc()
+    metrics.CONTEXT_TOKENS.observe(after)
+    if budget.trimmed:
+        metrics.TRIMS.inc()
     if after > rt.policy.trigger_tokens or budget.trimmed:
         await request_compaction(rt, turn.session_id)
 

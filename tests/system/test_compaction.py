@@ -3,14 +3,19 @@ the window), I9 (nothing forgotten: the transcript stays whole)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from producer import Client
 from shared.status import TurnStatus
+from tests.support.servers import free_port
 from tests.support.workers import WorkerProcess
 from tests.system.test_pipeline import assert_consistent, wait_for
 
@@ -37,11 +42,14 @@ def chat_line(i: int) -> str:
 
 
 def start_pools(
-    start_worker: Any, start_beat: Any, **env: str
+    start_worker: Any, start_beat: Any, summarizer_env: dict[str, str] | None = None, **env: str
 ) -> tuple[WorkerProcess, WorkerProcess]:
     chat = start_worker("chat", **SMALL_WINDOW, **env)
     summarizer = WorkerProcess(
-        {**chat.env, **SMALL_WINDOW, **env}, name="summarizer", concurrency=4, queues=("summarize",)
+        {**chat.env, **SMALL_WINDOW, **env, **(summarizer_env or {})},
+        name="summarizer",
+        concurrency=4,
+        queues=("summarize",),
     )
     summarizer.start()
     start_beat(**SMALL_WINDOW, **env)
@@ -81,6 +89,16 @@ def test_300_turns_never_exceed_the_window_and_remember_turn_3(
         assert "Task turnq.drain[" not in summarizer.log_text()
         # I9: the transcript is whole and in order.
         assert_consistent(client, session, user, script)
+        shown = subprocess.run(
+            [sys.executable, "-m", "producer.cli", "sessions", "show", session, "--user", user],
+            env={**os.environ, **stack_env, **SMALL_WINDOW, "COLUMNS": "200"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert f"compaction mark: position {s.compaction_mark}" in shown.stdout
+        assert f"context ~{s.context_tokens:,} tokens" in shown.stdout
+        assert "recent compactions" in shown.stdout and "succeeded" in shown.stdout
+        assert (s.summary or "").splitlines()[0] in shown.stdout
         if strategy == "hybrid":
             assert s.summary_items, "hybrid keeps looked-up tool results verbatim"
             warmer = client.wait(client.enqueue(session, user, "Which city is warmer?").id, 30)
@@ -138,7 +156,10 @@ def test_failed_or_empty_summary_commits_nothing(
     client: Client, start_worker: Any, start_beat: Any, stack_env: dict[str, str], uid: str,
     broken: str,
 ) -> None:  # fmt: skip
-    _, summarizer = start_pools(start_worker, start_beat, TURNQ_SUMMARIZER=broken)
+    port = free_port()
+    _, summarizer = start_pools(
+        start_worker, start_beat, {"TURNQ_METRICS_PORT": str(port)}, TURNQ_SUMMARIZER=broken
+    )
     try:
         session, user = f"broken-{uid}", f"u-{uid}"
         messages = ["My name is Ada", *(chat_line(i) for i in range(1, 40))]
@@ -165,6 +186,12 @@ def test_failed_or_empty_summary_commits_nothing(
             sid,
         )
         assert "compaction failed" in summarizer.log_text()
+        exposed = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        failed_metric = [
+            line for line in exposed.splitlines()
+            if line.startswith("turnq_compactions_total") and 'status="failed"' in line
+        ]  # fmt: skip
+        assert failed_metric and float(failed_metric[0].split()[-1]) >= 1, exposed[-2000:]
         # Chat kept working within the window by trimming in memory.
         last = client.turns(session, user)[-1]
         assert last.usage and last.usage["max_input_tokens"] <= WINDOW - RESERVE
