@@ -147,9 +147,7 @@ async def test_compact_retries_on_fresh_data_after_a_lost_cas(
     statuses = [c["status"] for c in reversed(await cstore.history(sid))]
     assert statuses[-2:] == ["conflict", "succeeded"]
     record = await store.get_session_by_id(sid)
-    assert (
-        record is not None and record.summary == "summary 2 of " + record.summary.split(" of ")[1]
-    )
+    assert record is not None and (record.summary or "").startswith("summary 2 of")
     assert record.compaction_mark > 2
 
 
