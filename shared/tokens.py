@@ -97,11 +97,11 @@ class TiktokenEstimator:
     run on machines with no network.
     """
 
+    _load_lock = threading.Lock()  # guards the temporary patch of tiktoken.load.read_file
+
     def __init__(self, encoding: Any, per_item_overhead: int = 3) -> None:
         self.encoding = encoding
         self.per_item_overhead = per_item_overhead
-
-    _load_lock = threading.Lock()
 
     @classmethod
     def load(cls, name: str = "o200k_base") -> TiktokenEstimator | None:

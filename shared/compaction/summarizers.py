@@ -27,8 +27,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 
 from shared.compaction.base import Item, Summarizer, SummaryError
@@ -59,7 +60,7 @@ FACTS, TOOLS, QUESTIONS, TOPICS, EARLIER = (
 _RENDER_ORDER = (EARLIER, FACTS, TOOLS, QUESTIONS, TOPICS)
 
 
-# --- reading items -------------------------------------------------------------------
+# --- reading items ------------------------------------------------------------------------
 
 
 def _text(value: object) -> str:
@@ -122,7 +123,7 @@ def render_items(items: Sequence[Item], max_tool_chars: int = 2_000) -> list[str
     return lines
 
 
-# --- facts -----------------------------------------------------------------------------
+# --- facts --------------------------------------------------------------------------------
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _LEAD = r"^(?:(?:please\s+)?(?:remember|note)(?:\s+that)?[:,]?\s+)?"
@@ -133,6 +134,9 @@ _THE_KEY = re.compile(
     _LEAD + r"the\s+(?P<key>[a-z][\w'\- ]{0,40}?)\s+(?:is|are|=)\s+\S", re.IGNORECASE
 )
 _CALL_ME = re.compile(r"\bcall\s+me\s+(?P<value>[^.;,!?\n]+?)\s*(?:[.;,!?]|$)", re.IGNORECASE)
+_QUALIFIER = re.compile(
+    r"(?:\s+(?:from\s+now\s+on|going\s+forward|instead|now|please|then|thanks))+$", re.IGNORECASE
+)
 _I_LIVE = re.compile(r"\bI\s+(?:now\s+)?live\b", re.IGNORECASE)
 _STRONG = re.compile(
     r"\bI\s+am\b|\bI['\u2019]m\b|\bremember\b|\bcall\s+me\b|\bmy\s+name\b"
@@ -160,6 +164,7 @@ def _norm(key: str) -> str:
     return " ".join(_SYNONYMS.get(w, w) for w in key.lower().split())
 
 
+@lru_cache(maxsize=4096)
 def _fact_keys(fact: str) -> frozenset[str]:
     """What a fact sets ("my name", "the door code"): a later fact with the key replaces it."""
     keys = {"my " + _norm(m["key"]) for m in _MY_KEY.finditer(fact)}
@@ -173,6 +178,7 @@ def _fact_keys(fact: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+@lru_cache(maxsize=4096)
 def _is_strong(fact: str) -> bool:
     return bool(_STRONG.search(fact) or _fact_keys(fact))
 
@@ -182,7 +188,8 @@ def _fact_entry(sentence: str) -> str:
     sentence = shorten_text(sentence, _MAX_FACT_CHARS)
     match = _CALL_ME.search(sentence)
     if match and not _MY_KEY.search(sentence):
-        return f"My name is {match['value'].strip()}; the user said: {sentence}"
+        name = _QUALIFIER.sub("", match["value"].strip()) or match["value"].strip()
+        return f"My name is {name}; the user said: {sentence}"
     return sentence
 
 
@@ -191,37 +198,52 @@ def _gist(text: str) -> str:
     return flat if len(flat) <= _MAX_GIST_CHARS else flat[: _MAX_GIST_CHARS - 3].rstrip() + "..."
 
 
-# --- the summary as sections ---------------------------------------------------------------
+# --- the summary as sections --------------------------------------------------------------
 
 
-@dataclass
 class _Digest:
-    sections: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in _RENDER_ORDER})
+    """The summary's sections, oldest entry first; re-adding an entry makes it the newest."""
+
+    def __init__(self) -> None:
+        self.sections: dict[str, dict[str, None]] = {s: {} for s in _RENDER_ORDER}
+        self._by_key: dict[str, set[str]] = {}  # fact key -> facts that set it
 
     @classmethod
     def parse(cls, text: str | None) -> _Digest:
         """Sections written by ``render``; any other text is kept as "Earlier summary"."""
         digest = cls()
-        current: list[str] | None = None
+        current: str | None = None
+        entry: str | None = None
         free: list[str] = []
+
+        def flush() -> None:
+            if current is not None and entry is not None:
+                digest.add(current, entry)
+
         for line in (text or "").splitlines():
             if line.strip() in digest.sections:
-                current = digest.sections[line.strip()]
+                flush()
+                current, entry = line.strip(), None
             elif current is not None and line.startswith("- "):
-                current.append(line[2:])
-            elif current is not None and line.startswith("  ") and current:
-                current[-1] += "\n" + line[2:]
+                flush()
+                entry = line[2:]
+            elif current is not None and entry is not None and line.startswith("  "):
+                entry += "\n" + line[2:]
             elif line.strip():
+                flush()
                 free.append(line.strip())
-                current = None
+                current, entry = None, None
+        flush()
         if free:
-            digest.sections[EARLIER].insert(0, "\n".join(free))
+            earlier = digest.sections[EARLIER]
+            digest.sections[EARLIER] = {"\n".join(free): None, **earlier}
         return digest
 
-    def render(self) -> str:
+    def render(self, without: frozenset[tuple[str, str]] = frozenset()) -> str:
+        """The summary text, leaving out the (section, entry) pairs in ``without``."""
         parts: list[str] = []
         for name in _RENDER_ORDER:
-            entries = self.sections[name]
+            entries = [e for e in self.sections[name] if (name, e) not in without]
             if entries:
                 parts.append(name)
                 parts += ["- " + e.replace("\n", "\n  ") for e in entries]
@@ -233,30 +255,33 @@ class _Digest:
         if not entry:
             return
         entries = self.sections[name]
-        if entry in entries:
-            entries.remove(entry)
+        entries.pop(entry, None)
         if name == FACTS:
             self._supersede(entry)
-        entries.append(entry)
+        entries[entry] = None
 
     def _supersede(self, fact: str) -> None:
         """Drop older facts whose every key the new fact sets again (a new name, a new code)."""
-        new_keys = _fact_keys(fact)
-        if not new_keys:
-            return
-        self.sections[FACTS][:] = [
-            old
-            for old in self.sections[FACTS]
-            if not (_fact_keys(old) and _fact_keys(old) <= new_keys)
-        ]
+        keys = _fact_keys(fact)
+        for key in keys:
+            for old in list(self._by_key.get(key, ())):
+                if _fact_keys(old) <= keys:
+                    self.sections[FACTS].pop(old, None)
+                    for old_key in _fact_keys(old):
+                        self._by_key[old_key].discard(old)
+            self._by_key.setdefault(key, set()).add(fact)
 
-    def drop_order(self) -> Iterable[tuple[str, str]]:
+    def is_empty(self) -> bool:
+        return not any(self.sections.values())
+
+    def drop_order(self) -> list[tuple[str, str]]:
         """Oldest first: topics, open questions, tool results, free text, weak then key facts."""
-        for name in (TOPICS, QUESTIONS, TOOLS, EARLIER):
-            yield from ((name, e) for e in list(self.sections[name]))
+        order = [
+            (name, e) for name in (TOPICS, QUESTIONS, TOOLS, EARLIER) for e in self.sections[name]
+        ]
         facts = list(self.sections[FACTS])
-        yield from ((FACTS, e) for e in facts if not _is_strong(e))
-        yield from ((FACTS, e) for e in facts if _is_strong(e))
+        order += [(FACTS, e) for e in facts if not _is_strong(e)]
+        return order + [(FACTS, e) for e in facts if _is_strong(e)]
 
 
 def _turns(items: Sequence[Item]) -> list[list[Item]]:
@@ -294,7 +319,7 @@ class ExtractiveSummarizer:
         digest = _Digest.parse(previous)
         for turn in _turns(evicted):
             self._fold_turn(digest, turn)
-        if not any(digest.sections.values()) and evicted:
+        if digest.is_empty() and evicted:
             digest.add(TOPICS, f"({len(evicted)} earlier items with no user text)")
         return self._fit(digest, max_tokens)
 
@@ -328,26 +353,42 @@ class ExtractiveSummarizer:
             digest.add(TOOLS, line)
 
     def _fit(self, digest: _Digest, max_tokens: int) -> str:
-        text = digest.render()
-        tokens = self.estimator.count_text(text)
-        if tokens <= max_tokens:
-            return text
-        # Drop by estimated entry cost first, then check the real rendering one by one.
-        for name, entry in digest.drop_order():
-            if tokens <= max_tokens:
-                break
-            digest.sections[name].remove(entry)
-            tokens -= self.estimator.count_text("- " + entry + "\n")
-        for name, entry in digest.drop_order():
-            text = digest.render()
+        """The digest within ``max_tokens``: the fewest entries dropped in ``drop_order``."""
+        order = digest.drop_order()
+
+        def fits(dropped: int) -> str | None:
+            text = digest.render(frozenset(order[:dropped]))
+            return text if self.estimator.count_text(text) <= max_tokens else None
+
+        text = fits(0)
+        if text is not None or not order:
+            return text or ""
+        if fits(len(order) - 1) is None:  # the most valuable entry: shorten it, not drop it
+            name, entry = order[-1]
+            return self._shortened(name, entry, max_tokens)
+        lo, hi = 1, len(order) - 1  # fits(hi) holds, fits(lo - 1) does not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(mid) is None:
+                lo = mid + 1
+            else:
+                hi = mid
+        return fits(hi) or ""
+
+    def _shortened(self, name: str, entry: str, max_tokens: int) -> str:
+        """``entry`` alone, cut to fit (by bisection on its length), or "" if nothing fits."""
+        lo, hi, best = 0, len(entry), ""
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            text = f"{name}\n- " + shorten_text(entry, mid).replace("\n", "\n  ")
             if self.estimator.count_text(text) <= max_tokens:
-                return text
-            digest.sections[name].remove(entry)
-        text = digest.render()
-        return text if self.estimator.count_text(text) <= max_tokens else ""
+                best, lo = text, mid + 1
+            else:
+                hi = mid - 1
+        return best
 
 
-# --- a model as summarizer -----------------------------------------------------------------
+# --- a model as summarizer ----------------------------------------------------------------
 
 DEFAULT_INSTRUCTIONS = """\
 You maintain the running summary of a conversation between a user and an assistant.
@@ -394,10 +435,11 @@ class AgentSummarizer:
         budget = self.max_input_tokens
         chunks: list[list[str]] = [[]]
         used = 0
-        for line in lines:
+        for original in lines:
+            line, cap = original, budget * 4
             cost = self.estimator.count_text(line) + 1
-            if cost > budget:  # one huge message: keep its head and tail
-                line = shorten_text(line, int(budget * 3))
+            while cost > budget and cap > 0:  # one huge message: keep its head and tail
+                line, cap = shorten_text(original, cap), cap // 2
                 cost = self.estimator.count_text(line) + 1
             if used + cost > budget and chunks[-1]:
                 chunks.append([])
@@ -412,6 +454,10 @@ class AgentSummarizer:
         summary = previous
         for chunk in self._chunks(render_items(evicted)):
             summary = await self._fold(summary, chunk, max_tokens)
+            # A bad intermediate summary must not become the next chunk's "previous".
+            problem = _looks_failed(summary, (previous or "") + "\n" + "\n".join(chunk))
+            if problem:
+                raise SummaryError(problem)
         return summary or ""
 
     async def _fold(self, previous: str | None, lines: Sequence[str], max_tokens: int) -> str:
@@ -441,7 +487,7 @@ class AgentSummarizer:
         return output.strip()
 
 
-# --- validation and loading -------------------------------------------------------------------
+# --- validation and loading ---------------------------------------------------------------
 
 _ERROR_START = re.compile(r"^\s*(?:error\b|traceback\b|exception\b|\{\s*['\"]error['\"])", re.I)
 _ERROR_PHRASES = (
@@ -452,6 +498,25 @@ _ERROR_PHRASES = (
     "context_length_exceeded",
     "maximum context length",
 )
+
+
+def _looks_failed(summary: str | None, source: str | Callable[[], str]) -> str | None:
+    """Why ``summary`` is no summary (empty, an error text), or None if it may be one.
+
+    Error phrases count only when the summarized text does not contain them itself
+    (``source``), so a conversation about rate limits can still be summarized.
+    """
+    if summary is None or not summary.strip():
+        return "the summarizer returned an empty summary"
+    if _ERROR_START.match(summary):
+        return f"the summary looks like an error: {summary[:120]!r}"
+    lowered = summary.lower()
+    found = [phrase for phrase in _ERROR_PHRASES if phrase in lowered]
+    if found:
+        text = (source if isinstance(source, str) else source()).lower()
+        if any(phrase not in text for phrase in found):
+            return f"the summary looks like an error: {summary[:120]!r}"
+    return None
 
 
 class ValidatedSummarizer:
@@ -470,19 +535,13 @@ class ValidatedSummarizer:
             raise
         except Exception as exc:
             raise SummaryError(f"summarizer failed: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(summary, str) or not summary.strip():
-            raise SummaryError("the summarizer returned an empty summary")
-        if _ERROR_START.match(summary):
-            raise SummaryError(f"the summary looks like an error: {summary[:120]!r}")
-        lowered = summary.lower()
-        source = None
-        for phrase in _ERROR_PHRASES:
-            if phrase in lowered:
-                # Legitimate when the conversation itself talked about it.
-                if source is None:
-                    source = ((previous or "") + "\n" + "\n".join(render_items(evicted))).lower()
-                if phrase not in source:
-                    raise SummaryError(f"the summary looks like an error: {summary[:120]!r}")
+        if not isinstance(summary, str):
+            raise SummaryError(f"the summarizer returned {type(summary).__name__}, not text")
+        problem = _looks_failed(
+            summary, lambda: (previous or "") + "\n" + "\n".join(render_items(evicted))
+        )
+        if problem:
+            raise SummaryError(problem)
         tokens = self.estimator.count_text(summary)
         if tokens >= max_tokens * 1.5:
             raise SummaryError(f"the summary has {tokens} tokens, over 1.5 x {max_tokens}")

@@ -39,7 +39,7 @@ _MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
 Count = Callable[[list[Item]], int]
 
 
-# --- reading items ------------------------------------------------------------------
+# --- reading items ------------------------------------------------------------------------
 
 
 def is_user_message(item: Item) -> bool:
@@ -125,7 +125,7 @@ def pairing_problems(items: Sequence[Item]) -> list[str]:
     return problems
 
 
-# --- repair ------------------------------------------------------------------------
+# --- repair -------------------------------------------------------------------------------
 
 
 def _pair_calls(items: Sequence[Item]) -> list[Item]:
@@ -203,7 +203,7 @@ def repair(items: Sequence[Item]) -> list[Item]:
     return _drop_lone_reasoning(_pair_calls(items))
 
 
-# --- emergency trim -----------------------------------------------------------------
+# --- emergency trim -----------------------------------------------------------------------
 
 
 def truncation_marker(removed: int) -> str:
