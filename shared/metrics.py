@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-TURNS = Counter(
-    "turnq_turns_total", "Turns finished by a worker, by final status.", ["status"]
-)
+TURNS = Counter("turnq_turns_total", "Turns finished by a worker, by final status.", ["status"])
 COMPACTIONS = Counter(
     "turnq_compactions_total",
     "Compaction attempts by strategy and outcome (succeeded, failed, conflict, noop).",

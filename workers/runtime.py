@@ -56,7 +56,7 @@ class Runtime:
 
     def summarizer(self) -> Summarizer:
         if self._summarizer is None:
-            from shared.compaction.summarizers import load_summarizer
+            from shared.compaction.model_summarizer import load_summarizer
 
             self._summarizer = load_summarizer(self.settings.summarizer, self.settings)
         return self._summarizer

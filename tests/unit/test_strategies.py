@@ -23,8 +23,9 @@ from shared.compaction.base import (
     SummaryError,
     ViewItem,
 )
+from shared.compaction.model_summarizer import validated
 from shared.compaction.strategies import Hybrid, SlidingWindow, Summarize, get_strategy
-from shared.compaction.summarizers import ExtractiveSummarizer, validated
+from shared.compaction.summarizers import ExtractiveSummarizer
 from shared.compaction.turns import is_user_message, pairing_problems, repair, trim_to_budget
 from shared.demo_agent import build_agent
 from shared.models.offline import OfflineModel

@@ -11,14 +11,13 @@ from agents import RunConfig, Runner
 from agents.testing import ModelStep, ScriptedModel, assistant_message
 
 from shared.compaction.base import Item, SummaryError
-from shared.compaction.summarizers import (
+from shared.compaction.model_summarizer import (
     AgentSummarizer,
-    ExtractiveSummarizer,
     ValidatedSummarizer,
     load_summarizer,
-    render_items,
     validated,
 )
+from shared.compaction.summarizers import ExtractiveSummarizer, render_items
 from shared.demo_agent import build_agent
 from shared.models.offline import OfflineModel
 from shared.sdk_session import summary_item
