@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -29,8 +30,10 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.celery_app import make_celery
 from shared.compaction.store import CompactionStore
-from shared.errors import SessionNotFound, TurnNotFound, WaitTimeout
+from shared.errors import InvalidInput, SessionNotFound, TurnNotFound, WaitTimeout
 from shared.loop import LoopThread
+from shared.multitask import check_cancel_mode, check_multitask
+from shared.session_store import SessionStore
 from shared.settings import Settings, get_settings
 from shared.status import TurnStatus
 from shared.store import Item, SessionRecord, Store, TurnRecord, create_engine
@@ -99,6 +102,13 @@ class TurnResult:
         )
 
 
+_TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class AsyncClient:
     def __init__(self, settings: Settings, store: Store, redis: aioredis.Redis, celery: Celery):
         self.settings = settings
@@ -141,16 +151,52 @@ class AsyncClient:
         user_id: str,
         content: str,
         idempotency_key: str | None = None,
+        multitask_strategy: str = "enqueue",
     ) -> Turn:
+        """Accept a turn; ``multitask_strategy`` says what to do if the session is busy
+        (enqueue, reject, interrupt, rollback: see ``shared.multitask``)."""
         s = self.settings
         check_id("session_id", session_id, s.max_id_length)
         check_id("user_id", user_id, s.max_id_length)
         check_content(content, s.max_content_bytes)
         check_optional_key("idempotency_key", idempotency_key, s.max_id_length)
-        record, created = await self.store.enqueue(user_id, session_id, content, idempotency_key)
+        strategy = check_multitask(multitask_strategy)
+        record, created, stopping = await self.store.enqueue(
+            user_id, session_id, content, idempotency_key, strategy
+        )
+        for running in stopping:
+            await self._signal_cancel(running)
         if created or not record.terminal:
             await self._kick(record.session_id)
         return Turn(record.id, session_id, record.seq, record.status, created)
+
+    async def cancel(self, turn_id: str, user_id: str, mode: str = "interrupt") -> TurnResult:
+        """Cancel a turn: a queued one at once, a running one at its next safe point."""
+        tid = check_turn_id(turn_id)
+        check_id("user_id", user_id, self.settings.max_id_length)
+        record, signal = await SessionStore(self.store.engine).cancel_turn(
+            tid, user_id, check_cancel_mode(mode)
+        )
+        if signal:
+            await self._signal_cancel(record.id)
+        elif record.status is TurnStatus.CANCELLED:
+            await self._announce(record.id, "cancelled")
+        return TurnResult.of(record)
+
+    async def _signal_cancel(self, turn_id: str) -> None:
+        """Wake the worker running the turn; Postgres holds the request if this is lost."""
+        try:
+            await self.redis.publish(keys.cancel_channel(self.settings.namespace), turn_id)
+        except (RedisError, OSError):
+            log.warning("cancel signal not sent; the worker sees it at commit", exc_info=True)
+
+    async def _announce(self, turn_id: str, status: str) -> None:
+        try:
+            key = keys.events_key(turn_id, self.settings.namespace)
+            await self.redis.xadd(key, {"type": "status", "status": status})
+            await self.redis.expire(key, self.settings.events_ttl_s)
+        except (RedisError, OSError):
+            pass  # waiters also poll Postgres
 
     async def _kick(self, internal_session_id: str) -> None:
         try:
@@ -209,6 +255,68 @@ class AsyncClient:
         record = await self.session(session_id, user_id)
         return [item for _, _, item in await self.store.history(record.id)]
 
+    async def list_sessions(
+        self, user_id: str, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[SessionRecord], str | None]:
+        """The user's sessions, most recent activity first; pass the returned cursor for more."""
+        check_id("user_id", user_id, self.settings.max_id_length)
+        if not 1 <= limit <= 200:
+            raise InvalidInput("limit", "must be between 1 and 200")
+        return await SessionStore(self.store.engine).list_sessions(user_id, limit, cursor)
+
+    async def delete_session(self, session_id: str, user_id: str) -> None:
+        """Delete the session with its turns, items and summary (running turns are fenced out)."""
+        record = await self.session(session_id, user_id)
+        await SessionStore(self.store.engine).delete_session(record.id)
+
+    async def items(
+        self, session_id: str, user_id: str, after: int = -1, limit: int = 100
+    ) -> list[tuple[int, Item]]:
+        """One page of the transcript: (position, item) after ``after``, oldest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit", "must be between 1 and 1000")
+        if after < -1:
+            raise InvalidInput("after", "must be -1 or a position")
+        record = await self.session(session_id, user_id)
+        rows = await self.store.history(record.id, after=after, limit=limit)
+        return [(pos, item) for pos, _, item in rows]
+
+    async def events(
+        self, turn_id: str, user_id: str | None = None, last_event_id: str = "0-0",
+        idle_timeout: float = 300.0,
+    ) -> AsyncIterator[tuple[str, dict[str, str]]]:  # fmt: skip
+        """The turn's events (status, text deltas, tool calls/outputs) from ``last_event_id``.
+
+        Ends after the terminal status event.  Events live in a Redis stream with a TTL;
+        Postgres is checked whenever the stream is quiet, so a lost event (a flushed
+        Redis) still ends the stream with the turn's real final status.
+        """
+        await self.get_turn(turn_id, user_id)  # 404 before streaming anything
+        key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
+        last = last_event_id
+        quiet_since = time.monotonic()
+        while True:
+            try:
+                got: Any = await self.redis.xread({key: last}, block=1000, count=100)
+            except (RedisError, OSError):
+                got = None
+                await asyncio.sleep(0.25)
+            for _stream, entries in got or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    event = {_s(k): _s(v) for k, v in fields.items()}
+                    quiet_since = time.monotonic()
+                    yield last, event
+                    if event.get("type") == "status" and event.get("status") in _TERMINAL:
+                        return
+            if not got:
+                turn = await self.get_turn(turn_id, user_id)
+                if turn.terminal:
+                    yield f"{last}-final", {"type": "status", "status": turn.status.value}
+                    return
+                if time.monotonic() - quiet_since > idle_timeout:
+                    return
+
     async def compactions(self, session_id: str, user_id: str) -> list[dict[str, Any]]:
         """The session's recent compactions, newest first (status, marks, tokens, errors)."""
         record = await self.session(session_id, user_id)
@@ -250,9 +358,32 @@ class Client:
             self._portal.stop()
 
     def enqueue(
-        self, session_id: str, user_id: str, content: str, idempotency_key: str | None = None
+        self,
+        session_id: str,
+        user_id: str,
+        content: str,
+        idempotency_key: str | None = None,
+        multitask_strategy: str = "enqueue",
     ) -> Turn:
-        return self._portal.run(self._inner.enqueue(session_id, user_id, content, idempotency_key))
+        return self._portal.run(
+            self._inner.enqueue(session_id, user_id, content, idempotency_key, multitask_strategy)
+        )
+
+    def cancel(self, turn_id: str, user_id: str, mode: str = "interrupt") -> TurnResult:
+        return self._portal.run(self._inner.cancel(turn_id, user_id, mode))
+
+    def list_sessions(
+        self, user_id: str, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[SessionRecord], str | None]:
+        return self._portal.run(self._inner.list_sessions(user_id, limit, cursor))
+
+    def delete_session(self, session_id: str, user_id: str) -> None:
+        self._portal.run(self._inner.delete_session(session_id, user_id))
+
+    def items(
+        self, session_id: str, user_id: str, after: int = -1, limit: int = 100
+    ) -> list[tuple[int, Item]]:
+        return self._portal.run(self._inner.items(session_id, user_id, after, limit))
 
     def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnResult:
         return self._portal.run(self._inner.get_turn(turn_id, user_id))

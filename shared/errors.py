@@ -63,3 +63,23 @@ class Fenced(TurnqError):
 
 class WaitTimeout(TurnqError, TimeoutError):
     code = "wait_timeout"
+
+
+class SessionBusy(TurnqError):
+    """multitask_strategy="reject" and the session has a turn queued or running."""
+
+    code = "session_busy"
+
+    def __init__(self, turn_id: str, status: str) -> None:
+        super().__init__(f"the session is busy: turn {turn_id} is {status}")
+        self.turn_id = turn_id
+        self.status = status
+
+
+class TurnNotCancellable(TurnqError):
+    code = "turn_not_cancellable"
+
+    def __init__(self, turn_id: str, status: str) -> None:
+        super().__init__(f"turn {turn_id} already {status}; it cannot be cancelled")
+        self.turn_id = turn_id
+        self.status = status

@@ -10,6 +10,9 @@ Keys are built by functions so the layout lives in one place:
                                          (client.wait, SSE) block on it and then read Postgres,
                                          which stays the truth.
     reaper_key()     turnq:reaper        STRING  single-sweeper lock for the beat reaper.
+    cancel_channel() turnq:cancel        PUBSUB  turn ids whose cancellation was requested;
+                                         each worker process subscribes once.  Postgres
+                                         (turns.cancel_mode) holds the request if it is lost.
     compact_pending_key(sid)
                      turnq:compact:{sid} STRING  "a compaction is queued" (SET NX EX
                                          compaction_pending_ttl_s): at most one pending
@@ -56,6 +59,11 @@ def events_key(turn_id: str, ns: str | None = None) -> str:
 
 def compact_pending_key(session_id: str, ns: str | None = None) -> str:
     return f"{_ns(ns)}turnq:compact:{session_id}"
+
+
+def cancel_channel(ns: str | None = None) -> str:
+    """PUB/SUB channel: a cancel request's turn id, for the worker running it."""
+    return f"{_ns(ns)}turnq:cancel"
 
 
 def reaper_key(ns: str | None = None) -> str:

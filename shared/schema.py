@@ -92,7 +92,10 @@ turns = Table(
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("last_kick_at", DateTime(timezone=True), nullable=True),
+    Column("cancel_mode", Text, nullable=True),  # interrupt | rollback, set by a cancel request
+    Column("cancel_requested_at", DateTime(timezone=True), nullable=True),
     CheckConstraint(f"status IN ({_STATUSES})", name="turns_status_valid"),
+    CheckConstraint("cancel_mode IN ('interrupt', 'rollback')", name="turns_cancel_mode_valid"),
     UniqueConstraint("session_id", "seq", name="turns_session_seq"),
     UniqueConstraint("session_id", "idempotency_key", name="turns_session_idempotency"),
     Index(
@@ -112,6 +115,18 @@ turns = Table(
         "queued_at",
         postgresql_where=text("status IN ('queued', 'running')"),
     ),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),  # the public prefix of the key
+    Column("user_id", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("name", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("api_keys_user", "user_id"),
 )
 
 compactions = Table(

@@ -24,7 +24,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shared.errors import Fenced, IdempotencyConflict
+from shared.errors import Fenced, IdempotencyConflict, SessionBusy
+from shared.multitask import Multitask
 from shared.status import TurnStatus, sources_of
 
 Item = dict[str, Any]
@@ -148,12 +149,19 @@ class Store:
 
     # ------------------------------------------------------------------ producer
     async def enqueue(
-        self, user_id: str, key: str, content: str, idempotency_key: str | None
-    ) -> tuple[TurnRecord, bool]:
+        self,
+        user_id: str,
+        key: str,
+        content: str,
+        idempotency_key: str | None,
+        multitask: Multitask = Multitask.ENQUEUE,
+    ) -> tuple[TurnRecord, bool, list[str]]:
         """Commit a new turn (or find the one with this idempotency key).
 
-        The upsert takes the session row's lock, so concurrent enqueues on one session
-        serialise and sequence numbers have no gaps and no duplicates.
+        Returns (turn, created, ids of running turns asked to stop).  The upsert takes the
+        session row's lock, so concurrent enqueues on one session serialise, sequence
+        numbers have no gaps and no duplicates, and the multitask decision sees a stable
+        set of pending turns.
         """
         async with self.engine.begin() as conn:
             row = (
@@ -187,7 +195,23 @@ class Store:
                     turn = _turn(existing)
                     if turn.input != content:
                         raise IdempotencyConflict(idempotency_key, turn.id)
-                    return turn, False
+                    return turn, False, []
+            if multitask is Multitask.REJECT:
+                busy = (
+                    await conn.execute(
+                        text(
+                            "SELECT id::text, status FROM turns WHERE session_id = :sid "
+                            "AND status IN ('queued', 'running') ORDER BY seq LIMIT 1"
+                        ),
+                        {"sid": session_id},
+                    )
+                ).first()
+                if busy is not None:
+                    await conn.rollback()
+                    raise SessionBusy(busy[0], busy[1])
+            stopping: list[str] = []
+            if multitask in (Multitask.INTERRUPT, Multitask.ROLLBACK):
+                stopping = await self._cancel_pending(conn, session_id, seq, multitask.value)
             row = (
                 await conn.execute(
                     text(
@@ -209,7 +233,30 @@ class Store:
                     },
                 )
             ).one()
-            return _turn(row), True
+            return _turn(row), True, stopping
+
+    async def _cancel_pending(
+        self, conn: AsyncConnection, session_id: str, before_seq: int, mode: str
+    ) -> list[str]:
+        """Queued turns are cancelled now; the running one is asked to stop (returned)."""
+        await conn.execute(
+            text(
+                "UPDATE turns SET status = 'cancelled', finished_at = now(), "
+                "error = :why WHERE session_id = :sid AND status = 'queued' AND seq < :seq"
+            ),
+            {"sid": session_id, "seq": before_seq, "why": f"cancelled: {mode} by turn {before_seq}"},
+        )
+        rows = (
+            await conn.execute(
+                text(
+                    "UPDATE turns SET cancel_mode = COALESCE(cancel_mode, :mode), "
+                    "cancel_requested_at = COALESCE(cancel_requested_at, now()) "
+                    "WHERE session_id = :sid AND status = 'running' RETURNING id::text"
+                ),
+                {"sid": session_id, "mode": mode},
+            )
+        ).all()
+        return [r[0] for r in rows]
 
     async def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnRecord | None:
         async with self.engine.connect() as conn:

@@ -31,7 +31,7 @@ async def store(stack_env: dict[str, str]) -> Any:
 
 
 async def add_turn(store: Store, user: str, key: str, text: str) -> None:
-    turn, _ = await store.enqueue(user, key, text, None)
+    turn, _, _ = await store.enqueue(user, key, text, None)
     fence = await store.bump_fence(turn.session_id)
     assert fence is not None
     claimed, _ = await store.claim_next(turn.session_id, fence, 5)

@@ -426,7 +426,7 @@ async def test_writes_beside_a_draining_worker_never_collide(engine: AsyncEngine
     """The documented decision: appends take no fence, so the worker's commit still lands."""
     store = Store(engine)
     s = TurnqSession(f"s{uid}", f"u{uid}", engine=engine)
-    turn, _ = await store.enqueue(f"u{uid}", f"s{uid}", "queued turn", None)
+    turn, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "queued turn", None)
     fence = await store.bump_fence(turn.session_id)
     assert fence is not None
     claimed, _ = await store.claim_next(turn.session_id, fence, max_attempts=3)

@@ -40,7 +40,7 @@ async def _scalar(store: Store, sql: str, **params: Any) -> Any:
 
 async def _running(store: Store, user: str, key: str) -> tuple[TurnRecord, int]:
     """Enqueue one turn and claim it: (the running turn, the fence it runs under)."""
-    turn, _ = await store.enqueue(user, key, "hello", None)
+    turn, _, _ = await store.enqueue(user, key, "hello", None)
     fence = await store.bump_fence(turn.session_id)
     assert fence is not None
     claimed, gave_up = await store.claim_next(turn.session_id, fence, max_attempts=3)
@@ -57,9 +57,9 @@ async def test_concurrent_enqueues_get_gap_free_seqs(store: Store, uid: str) -> 
     results = await asyncio.gather(
         *(store.enqueue(f"u{uid}", f"s{uid}", f"msg {i}", None) for i in range(20))
     )
-    assert all(created for _, created in results)
-    assert sorted(t.seq for t, _ in results) == list(range(1, 21))
-    assert len({t.id for t, _ in results}) == 20
+    assert all(created for _, created, _ in results)
+    assert sorted(t.seq for t, _, _ in results) == list(range(1, 21))
+    assert len({t.id for t, _, _ in results}) == 20
     session = await store.get_session(f"u{uid}", f"s{uid}")
     assert session is not None and session.turn_count == 20
     assert [t.seq for t in await store.turns_of(session.id)] == list(range(1, 21))
@@ -68,11 +68,11 @@ async def test_concurrent_enqueues_get_gap_free_seqs(store: Store, uid: str) -> 
 async def test_idempotency_key_returns_same_turn_without_consuming_a_seq(
     store: Store, uid: str
 ) -> None:
-    first, created = await store.enqueue(f"u{uid}", f"s{uid}", "hi", f"k{uid}")
-    again, created_again = await store.enqueue(f"u{uid}", f"s{uid}", "hi", f"k{uid}")
+    first, created, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", f"k{uid}")
+    again, created_again, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", f"k{uid}")
     assert created and not created_again
     assert again.id == first.id and again.seq == first.seq == 1
-    nxt, _ = await store.enqueue(f"u{uid}", f"s{uid}", "next", None)
+    nxt, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "next", None)
     assert nxt.seq == 2
     session = await store.get_session(f"u{uid}", f"s{uid}")
     assert session is not None and session.turn_count == 2
@@ -80,7 +80,7 @@ async def test_idempotency_key_returns_same_turn_without_consuming_a_seq(
 
 
 async def test_idempotency_key_with_other_content_conflicts(store: Store, uid: str) -> None:
-    first, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", f"k{uid}")
+    first, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", f"k{uid}")
     with pytest.raises(IdempotencyConflict) as err:
         await store.enqueue(f"u{uid}", f"s{uid}", "something else", f"k{uid}")
     assert err.value.turn_id == first.id and err.value.key == f"k{uid}"
@@ -92,16 +92,16 @@ async def test_idempotency_key_with_other_content_conflicts(store: Store, uid: s
 async def test_same_key_in_other_session_or_for_other_user_is_independent(
     store: Store, uid: str
 ) -> None:
-    a, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", "same-key")
-    b, created_b = await store.enqueue(f"u{uid}", f"t{uid}", "other", "same-key")
-    c, created_c = await store.enqueue(f"v{uid}", f"s{uid}", "third", "same-key")
+    a, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", "same-key")
+    b, created_b, _ = await store.enqueue(f"u{uid}", f"t{uid}", "other", "same-key")
+    c, created_c, _ = await store.enqueue(f"v{uid}", f"s{uid}", "third", "same-key")
     assert created_b and created_c
     assert len({a.id, b.id, c.id}) == 3
     assert len({a.session_id, b.session_id, c.session_id}) == 3
 
 
 async def test_get_turn_is_scoped_to_its_owner(store: Store, uid: str) -> None:
-    turn, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", None)
+    turn, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "hi", None)
     assert (await store.get_turn(turn.id, f"u{uid}")) == turn
     assert (await store.get_turn(turn.id)) == turn
     assert await store.get_turn(turn.id, f"v{uid}") is None
@@ -122,7 +122,7 @@ async def test_fenced_happy_path_appends_consecutive_items(store: Store, uid: st
     assert done.output == "answer 1" and done.usage == usage and done.context_tokens == 12
     assert done.finished_at is not None and done.error is None
 
-    second, _ = await store.enqueue(f"u{uid}", f"s{uid}", "again", None)
+    second, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "again", None)
     claimed, _ = await store.claim_next(turn.session_id, fence, max_attempts=3)
     assert claimed is not None and claimed.id == second.id
     more = _items(2, "t2")
@@ -195,9 +195,9 @@ async def test_claim_next_on_idle_session_is_none(store: Store, uid: str) -> Non
 
 
 async def test_partial_unique_index_allows_one_running_turn(store: Store, uid: str) -> None:
-    a, _ = await store.enqueue(f"u{uid}", f"s{uid}", "a", None)
-    b, _ = await store.enqueue(f"u{uid}", f"s{uid}", "b", None)
-    other, _ = await store.enqueue(f"u{uid}", f"t{uid}", "c", None)
+    a, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "a", None)
+    b, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "b", None)
+    other, _, _ = await store.enqueue(f"u{uid}", f"t{uid}", "c", None)
     mark = "UPDATE turns SET status = 'running' WHERE id = :id"
     async with store.engine.begin() as conn:
         await conn.execute(text(mark), {"id": a.id})
@@ -210,8 +210,8 @@ async def test_partial_unique_index_allows_one_running_turn(store: Store, uid: s
 
 
 async def test_turn_over_max_attempts_is_failed_by_claim_next(store: Store, uid: str) -> None:
-    poison, _ = await store.enqueue(f"u{uid}", f"s{uid}", "poison", None)
-    healthy, _ = await store.enqueue(f"u{uid}", f"s{uid}", "fine", None)
+    poison, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "poison", None)
+    healthy, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "fine", None)
     sid = poison.session_id
     for attempt in (1, 2):  # each attempt's worker "dies": a new holder claims again
         fence = await store.bump_fence(sid)
@@ -248,8 +248,8 @@ async def test_fail_turn_writes_no_items(store: Store, uid: str) -> None:
 
 # ---------------------------------------------------------------------- reaper
 async def test_stale_sessions_and_mark_kicked(store: Store, uid: str) -> None:
-    stuck, _ = await store.enqueue(f"u{uid}", f"s{uid}", "stuck", None)
-    fresh, _ = await store.enqueue(f"u{uid}", f"f{uid}", "fresh", None)
+    stuck, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "stuck", None)
+    fresh, _, _ = await store.enqueue(f"u{uid}", f"f{uid}", "fresh", None)
     done, fence = await _running(store, f"u{uid}", f"d{uid}")
     await store.complete_turn(done, fence, [], "ok", None, None)
     async with store.engine.begin() as conn:
