@@ -244,7 +244,11 @@ class Store:
                 "UPDATE turns SET status = 'cancelled', finished_at = now(), "
                 "error = :why WHERE session_id = :sid AND status = 'queued' AND seq < :seq"
             ),
-            {"sid": session_id, "seq": before_seq, "why": f"cancelled: {mode} by turn {before_seq}"},
+            {
+                "sid": session_id,
+                "seq": before_seq,
+                "why": f"cancelled: {mode} by turn {before_seq}",
+            },
         )
         rows = (
             await conn.execute(
@@ -426,21 +430,42 @@ class Store:
         output: str | None,
         usage: dict[str, Any] | None,
         context_tokens: int | None,
-    ) -> int:
-        """Append the turn's items and mark it succeeded, atomically and fenced.
+    ) -> tuple[int, TurnStatus]:
+        """Append the turn's items and finish it, atomically and fenced.
 
-        Returns the session's context size (tokens) after the turn.
+        A cancel request recorded meanwhile decides the outcome here, under the turn's
+        row lock: ``rollback`` writes no items, ``interrupt`` keeps them (the caller
+        passes them repaired); both end ``cancelled``.  Returns the session's context
+        size after the turn and the status the turn ended with.
         """
-        tokens = [estimate_tokens(i) for i in new_items]
         async with self.engine.begin() as conn:
             row = (
+                await conn.execute(
+                    text(
+                        """
+                WITH s AS (SELECT id FROM sessions WHERE id = :sid AND fence = :fence FOR UPDATE),
+                     t AS (SELECT cancel_mode FROM turns WHERE id = :tid FOR UPDATE)
+                SELECT t.cancel_mode FROM s, t
+                """
+                    ),
+                    {"sid": turn.session_id, "fence": fence, "tid": turn.id},
+                )
+            ).first()
+            if row is None:
+                raise Fenced(f"session {turn.session_id}: fence {fence} is stale")
+            cancel_mode = row[0]
+            status = TurnStatus.SUCCEEDED if cancel_mode is None else TurnStatus.CANCELLED
+            if cancel_mode == "rollback":
+                new_items, context_tokens = [], None
+            tokens = [estimate_tokens(i) for i in new_items]
+            counts = (
                 await conn.execute(
                     text(
                         """
                 UPDATE sessions SET item_count = item_count + :n, updated_at = now(),
                     transcript_tokens = transcript_tokens + :tokens,
                     context_tokens = COALESCE(:ctx, context_tokens)
-                WHERE id = :sid AND fence = :fence
+                WHERE id = :sid
                 RETURNING item_count, context_tokens
                 """
                     ),
@@ -449,13 +474,10 @@ class Store:
                         "tokens": sum(tokens),
                         "ctx": context_tokens,
                         "sid": turn.session_id,
-                        "fence": fence,
                     },
                 )
-            ).first()
-            if row is None:
-                raise Fenced(f"session {turn.session_id}: fence {fence} is stale")
-            first = int(row[0]) - len(new_items)
+            ).one()
+            first = int(counts[0]) - len(new_items)
             if new_items:
                 await conn.execute(
                     text(
@@ -477,13 +499,23 @@ class Store:
                 conn,
                 turn.id,
                 fence,
-                TurnStatus.SUCCEEDED,
-                output=output,
+                status,
+                output=output if cancel_mode != "rollback" else None,
+                error=f"cancelled ({cancel_mode})" if cancel_mode else None,
                 usage=usage,
                 context_tokens=context_tokens,
                 check_fence=False,
             )
-            return int(row[1])
+            return int(counts[1]), status
+
+    async def cancel_mode(self, turn_id: str) -> str | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT cancel_mode FROM turns WHERE id = :id"), {"id": turn_id}
+                )
+            ).first()
+        return row[0] if row is not None else None
 
     async def fail_turn(self, turn: TurnRecord, fence: int, error: str) -> None:
         async with self.engine.begin() as conn:

@@ -14,7 +14,15 @@ from typing import Any
 
 from agents import Agent, Model, ModelResponse, UserError
 from agents.usage import Usage
-from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+from openai.types.responses import (
+    Response,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseUsage,
+)
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+
+from shared.models.offline import response_stream_events
 
 
 def _last_user_text(items: Any) -> str:
@@ -57,8 +65,32 @@ class EchoModel(Model):
             response_id=None,
         )
 
-    def stream_response(self, *args: Any, **kw: Any) -> AsyncIterator[Any]:
-        raise NotImplementedError("EchoModel does not stream")
+    async def stream_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kw: Any
+    ) -> AsyncIterator[Any]:
+        """The same answer as Responses stream events (word deltas, then completed)."""
+        reply = await self.get_response(system_instructions, input, *args, **kw)
+        usage = reply.usage
+        response = Response(
+            id="resp_echo",
+            created_at=0,
+            model="echo",
+            object="response",
+            output=list(reply.output),
+            tool_choice="auto",
+            tools=[],
+            parallel_tool_calls=False,
+            status="completed",
+            usage=ResponseUsage(
+                input_tokens=usage.input_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+                output_tokens=usage.output_tokens,
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+                total_tokens=usage.total_tokens,
+            ),
+        )
+        for event in response_stream_events(response):
+            yield event
 
 
 def echo() -> Agent[Any]:

@@ -29,6 +29,7 @@ from shared.store import Store, create_engine
 from shared.tokens import TokenEstimator, default_estimator
 from workers.agent import load_agent, load_context_overrides
 from workers.context import overhead_tokens
+from workers.streaming import CancelListener
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +49,14 @@ class Runtime:
     calibration: float = 1.0  # measured/estimated tokens, updated as models report usage
     send: Callable[[str, str], None] | None = None  # (task name, session id); set by workers.app
     _summarizer: Summarizer | None = None
+    _cancels: CancelListener | None = None
+
+    @property
+    def cancels(self) -> CancelListener:
+        """Created on first use, on the loop (it subscribes to the cancel channel)."""
+        if self._cancels is None:
+            self._cancels = CancelListener(self)
+        return self._cancels
 
     def send_task(self, task: str, session_id: str) -> None:
         if self.send is None:

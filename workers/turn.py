@@ -15,18 +15,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from dataclasses import replace
 from typing import Any
 
-from agents import Runner
 from agents.exceptions import MaxTurnsExceeded, UserError
-from redis.exceptions import RedisError
 
-from shared import keys, metrics
+from shared import metrics
+from shared.compaction.turns import repair
 from shared.errors import Fenced
 from shared.locks import SessionLock
 from shared.sdk_session import summary_item
@@ -34,6 +32,7 @@ from shared.store import Context, TurnRecord
 from workers.compact import request_compaction
 from workers.context import CallBudget, updated_calibration
 from workers.runtime import Runtime
+from workers.streaming import publish, stream_run
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +96,9 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
     model_input = build_model_input(context, user_item)
     budget = CallBudget(rt.policy, rt.estimator, rt.overhead_tokens, rt.calibration)
     started = time.perf_counter()
+    stop = rt.cancels.register(turn.id)
     try:
-        result = await _run_with_retries(rt, model_input, turn, budget)
+        result = await _run_with_retries(rt, model_input, turn, budget, stop)
     except Exception as exc:
         error = _describe(exc)
         await rt.store.fail_turn(turn, fence, error)
@@ -109,11 +109,13 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
             extra={"turn_id": turn.id, "session_id": turn.session_id, "error": error},
         )
         return
-    new_items = [user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)]
+    finally:
+        rt.cancels.unregister(turn.id)
+    new_items = repair([user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)])
     usage = result.context_wrapper.usage
     calls = [r.usage for r in result.raw_responses]
     context_tokens = _context_after(rt, budget, model_input, new_items, calls)
-    after = await rt.store.complete_turn(
+    after, status = await rt.store.complete_turn(
         turn,
         fence,
         new_items,
@@ -129,8 +131,8 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
         },
         context_tokens=context_tokens,
     )
-    await publish(rt, turn.id, {"type": "status", "status": "succeeded"})
-    metrics.TURNS.labels(status="succeeded").inc()
+    await publish(rt, turn.id, {"type": "status", "status": status.value})
+    metrics.TURNS.labels(status=status.value).inc()
     metrics.CONTEXT_TOKENS.observe(after)
     if budget.trimmed:
         metrics.TRIMS.inc()
@@ -167,7 +169,7 @@ _PERMANENT = (UserError, MaxTurnsExceeded)
 
 
 async def _run_with_retries(
-    rt: Runtime, model_input: list[Any], turn: TurnRecord, budget: CallBudget
+    rt: Runtime, model_input: list[Any], turn: TurnRecord, budget: CallBudget, stop: asyncio.Event
 ) -> Any:
     """Model calls are at-least-once: transient failures retry in place, with backoff.
 
@@ -179,7 +181,7 @@ async def _run_with_retries(
     while True:
         try:
             async with asyncio.timeout(s.turn_timeout_s):
-                return await Runner.run(rt.agent, model_input, run_config=run_config)
+                return await stream_run(rt, rt.agent, turn.id, model_input, run_config, stop)
         except _PERMANENT:
             raise
         except Exception as exc:
@@ -187,6 +189,7 @@ async def _run_with_retries(
                 raise
             attempt += 1
             delay = s.model_retry_backoff_s * 2 ** (attempt - 1)
+            await publish(rt, turn.id, {"type": "retry", "attempt": str(attempt)})
             log.info(
                 "model call failed; retrying",
                 extra={"turn_id": turn.id, "attempt": attempt, "error": type(exc).__name__},
@@ -223,14 +226,3 @@ def _default(obj: object) -> object:
     if callable(dump):
         return dump(exclude_unset=True)
     return str(obj)
-
-
-async def publish(rt: Runtime, turn_id: str, event: dict[str, Any]) -> None:
-    """Tell waiters (client.wait, SSE) something happened; Postgres stays the truth."""
-    key = keys.events_key(turn_id)
-    fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items()}
-    with contextlib.suppress(RedisError, OSError):
-        async with rt.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, fields, maxlen=1000, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(key, rt.settings.events_ttl_s)
-            await pipe.execute()

@@ -182,7 +182,7 @@ def test_one_worker_process_keeps_hundreds_of_turns_in_flight(
     client: Client, start_worker: Any, stub_llm: Any, uid: str
 ) -> None:
     """I6: model calls are I/O; one process holds ~200 of them at once, not one per process."""
-    stub_llm.configure(latency_s=1.0)
+    stub_llm.configure(latency_s=3.0)  # long enough that all 200 are started before any ends
     start_worker(
         "wide",
         concurrency=200,

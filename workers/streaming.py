@@ -1,0 +1,138 @@
+"""Stream a turn's progress to its Redis event stream, and stop it when asked.
+
+    cancels = CancelListener(rt)          # one per worker process: one SUBSCRIBE
+    stop = cancels.register(turn_id)      # an asyncio.Event set when a cancel arrives
+    result = await stream_run(rt, turn_id, model_input, run_config, stop)
+
+Events (``keys.events_key``): ``delta`` (text), ``tool_call``, ``tool_output``,
+``retry``; status events come from ``workers/turn.py``.  Clients read them through
+``AsyncClient.events`` (SSE in the gateway), resuming from any event id.
+
+A cancel request stops the run at its next safe point (``after_turn``: the current
+model call and its tool calls finish) for ``interrupt``, or at once for ``rollback``,
+whose items are discarded anyway.  The request itself lives in Postgres
+(``turns.cancel_mode``); the pub/sub message only makes the worker notice sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from agents import Agent, RunConfig, Runner
+from agents.result import RunResultStreaming
+from redis.exceptions import RedisError
+
+from shared import keys
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class CancelListener:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.waiting: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, turn_id: str) -> asyncio.Event:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen())
+        event = asyncio.Event()
+        self.waiting[turn_id] = event
+        return event
+
+    def unregister(self, turn_id: str) -> None:
+        self.waiting.pop(turn_id, None)
+
+    async def _listen(self) -> None:
+        channel = keys.cancel_channel()
+        while True:
+            try:
+                async with self.rt.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        data = message.get("data")
+                        turn_id = data.decode() if isinstance(data, bytes) else str(data)
+                        event = self.waiting.get(turn_id)
+                        if event is not None:
+                            event.set()
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)  # Redis away: commit-time checks still apply
+
+
+async def stream_run(
+    rt: Runtime,
+    agent: Agent[Any],
+    turn_id: str,
+    model_input: list[Any],
+    run_config: RunConfig,
+    stop: asyncio.Event,
+) -> RunResultStreaming:
+    result = Runner.run_streamed(agent, model_input, run_config=run_config)
+
+    async def watch() -> None:
+        await stop.wait()
+        mode = await rt.store.cancel_mode(turn_id)
+        result.cancel(mode="immediate" if mode == "rollback" else "after_turn")
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async for event in result.stream_events():
+            fields = describe(event)
+            if fields is not None:
+                await publish(rt, turn_id, fields)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return result
+
+
+def describe(event: Any) -> dict[str, str] | None:
+    """The client-facing form of an SDK stream event (None: not worth sending)."""
+    if event.type == "raw_response_event":
+        data = event.data
+        if getattr(data, "type", "") == "response.output_text.delta" and data.delta:
+            return {"type": "delta", "text": data.delta}
+        return None
+    if event.type == "run_item_stream_event":
+        raw = getattr(event.item, "raw_item", None)
+        if event.name == "tool_called":
+            return {
+                "type": "tool_call",
+                "call_id": str(_get(raw, "call_id")),
+                "name": str(_get(raw, "name")),
+                "arguments": str(_get(raw, "arguments")),
+            }
+        if event.name == "tool_output":
+            output = _get(raw, "output")
+            return {
+                "type": "tool_output",
+                "call_id": str(_get(raw, "call_id")),
+                "output": output if isinstance(output, str) else json.dumps(output, default=str),
+            }
+    return None
+
+
+def _get(raw: Any, name: str) -> Any:
+    return raw.get(name) if isinstance(raw, dict) else getattr(raw, name, None)
+
+
+async def publish(rt: Runtime, turn_id: str, event: dict[str, Any]) -> None:
+    """Tell waiters (client.wait, SSE) something happened; Postgres stays the truth."""
+    key = keys.events_key(turn_id)
+    fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items()}
+    with contextlib.suppress(RedisError, OSError):
+        async with rt.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, fields, maxlen=10_000, approximate=True)  # type: ignore[arg-type]
+            if event.get("type") == "status":
+                pipe.expire(key, rt.settings.events_ttl_s)
+            await pipe.execute()
