@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
