@@ -3,8 +3,12 @@
     turnq demo                       # seed conversation through the real queue (embedded stack)
     turnq dev                        # embedded Redis + Postgres, workers, beat; Ctrl-C stops all
     turnq chat SESSION --user U      # talk to the agent through the queue
+    turnq gateway [--port 8000]      # the HTTP API; turnq keys create --user U makes a key
+    turnq chat SESSION --url http://127.0.0.1:8000 --key KEY   # ... through the HTTP API
     turnq worker [--queues turns]    # a Celery worker (exec's `celery -A workers.app worker`)
+    turnq flower [--port 5555]       # Flower behind basic auth (TURNQ_FLOWER_BASIC_AUTH)
     turnq beat | turnq migrate | turnq stub-llm
+    turnq health --role worker       # exit 0/1: readiness (Redis, Postgres) + liveness
 
 Worker commands exec Celery rather than importing ``workers/``: the client side
 never imports the consumer side.
@@ -16,10 +20,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from shared.errors import TurnqError
 from shared.settings import get_settings
@@ -82,12 +87,80 @@ def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
 
 
 @app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="default TURNQ_FLOWER_PORT (5555)")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="default TURNQ_FLOWER_ADDRESS (127.0.0.1)")
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="no password; loopback addresses only")
+    ] = False,
+    allow_control: Annotated[
+        bool,
+        typer.Option("--allow-control", help="let Flower revoke tasks, resize or stop workers"),
+    ] = False,
+    persistent: Annotated[
+        bool, typer.Option(help="keep Flower's task history in <data_dir>/flower.db")
+    ] = False,
+    max_tasks: Annotated[
+        int | None, typer.Option(help="tasks kept in memory (default TURNQ_FLOWER_MAX_TASKS)")
+    ] = None,
+) -> None:
+    """Flower, Celery's web monitor, on turnq's queues; basic auth from TURNQ_FLOWER_BASIC_AUTH."""
+    from producer.flower import flower_plan
+
+    plan = flower_plan(
+        get_settings(),
+        port=port,
+        address=address,
+        no_auth=no_auth,
+        allow_control=allow_control,
+        persistent=persistent,
+        max_tasks=max_tasks,
+    )
+    for warning in plan.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(plan.describe(), markup=False, soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(plan.argv[0], plan.argv, plan.env)
+
+
+@app.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema (safe to run concurrently)."""
     from ops.migrate import upgrade
 
     upgrade(get_settings().require_database_url())
     console.print("[green]database is at the newest schema[/green]")
+
+
+@app.command()
+def health(
+    role: Annotated[
+        str, typer.Option(help="worker | summarizer | beat | gateway: whose liveness to check")
+    ],
+    probe: Annotated[
+        str,
+        typer.Option(help="liveness (k8s livenessProbe), readiness (readinessProbe) or all"),
+    ] = "all",
+    timeout: Annotated[float, typer.Option(help="seconds for all checks together")] = 5.0,
+) -> None:
+    """Exit 0 if healthy, 1 if not: readiness = Redis and Postgres answer; liveness = the
+    role's heartbeat file on this host is fresh (the gateway: its port answers)."""
+    from shared.health import ROLES, run_checks
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
+    if probe not in ("liveness", "readiness", "all"):
+        raise typer.BadParameter("liveness, readiness or all", param_hint="--probe")
+    checks = run_checks(get_settings(), role, probe, timeout)  # type: ignore[arg-type]
+    from rich.markup import escape
+
+    for c in checks:
+        mark = "[green]ok  [/green]" if c.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
 @app.command("stub-llm")
@@ -219,10 +292,23 @@ def sessions_show(
 @app.command()
 def chat(
     session: Annotated[str, typer.Argument(help="session id (yours; created on first message)")],
-    user: Annotated[str, typer.Option("--user", "-u", help="your user id")],
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="your user id (not with --url)")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 120.0,
+    url: Annotated[
+        str | None, typer.Option(help="talk through the HTTP gateway at this URL")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="API key for --url (its user is you)")] = None,
 ) -> None:
     """Talk to the agent through the queue. /history shows the transcript, /quit leaves."""
+    if url is not None:
+        if not key:
+            raise typer.BadParameter("--url needs --key (create one: turnq keys create)")
+        _chat_http(session, url, key, timeout)
+        return
+    if user is None:
+        raise typer.BadParameter("give --user (or --url and --key)", param_hint="--user")
     from producer.client import Client
     from shared.status import TurnStatus
 
@@ -256,11 +342,48 @@ def chat(
         client.close()
 
 
+def _chat_http(session: str, url: str, key: str, timeout: float) -> None:
+    """The same conversation loop, over the HTTP API."""
+    from producer.gateway.http_client import GatewayClient, GatewayError
+
+    console.print(f"[dim]session {session} via {url}; /history, /quit[/dim]")
+    with GatewayClient(url, key) as api:
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                break
+            if not line.strip():
+                continue
+            if line.strip() in ("/quit", "/exit"):
+                break
+            try:
+                if line.strip() == "/history":
+                    _print_items(api.items(session))
+                    continue
+                with console.status("queued…"):
+                    turn = api.send(session, line)
+                    done = api.wait(turn["turn_id"], timeout=timeout)
+            except GatewayError as exc:
+                err.print(f"[red]{exc}[/red]")
+                continue
+            if done["status"] == "succeeded":
+                console.print(f"[bold]agent>[/bold] {escape(str(done['output']))}")
+            elif not done["terminal"]:
+                console.print(f"[red]no answer after {timeout:g}s (turn {done['status']})[/red]")
+            else:
+                console.print(f"[red]turn {done['status']}: {done['error']}[/red]")
+
+
 def _print_history(client: object, session: str, user: str) -> None:
     from producer.client import Client
 
     assert isinstance(client, Client)
-    for item in client.history(session, user):
+    _print_items(client.history(session, user))
+
+
+def _print_items(items: list[dict[str, Any]]) -> None:
+    for item in items:
         role = item.get("role") or item.get("type")
         text = item.get("content")
         if isinstance(text, list):
@@ -269,7 +392,79 @@ def _print_history(client: object, session: str, user: str) -> None:
             text = f"{item.get('name')}({item.get('arguments')})"
         elif item.get("type") == "function_call_output":
             text = item.get("output")
-        console.print(f"[dim]{role}:[/dim] {text}")
+        console.print(f"[dim]{role}:[/dim] {escape(str(text))}")
+
+
+@app.command()
+def gateway(
+    host: Annotated[str | None, typer.Option(help="interface (default TURNQ_GATEWAY_HOST)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port (default TURNQ_GATEWAY_PORT; 0: any free port)")
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="log every request")] = True,
+) -> None:
+    """Serve the HTTP API (FastAPI on uvicorn): /v1/..., /healthz, /metrics, /openapi.json."""
+    from producer.gateway.server import serve
+
+    s = get_settings()
+    s.require_database_url()
+    s.require_redis_url()
+    serve(
+        s,
+        host if host is not None else s.gateway_host,
+        port if port is not None else s.gateway_port,
+        access_log=access_log,
+    )
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the HTTP gateway")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", "-u", help="the user the key acts as")],
+    name: Annotated[str | None, typer.Option(help="a label, e.g. the backend using it")] = None,
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from producer.gateway.keys import create_key
+
+    key = create_key(get_settings().require_database_url(), user, name)
+    err.print(f"[dim]API key for user {user} (shown once; store it now):[/dim]")
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="the key's prefix (tq_<prefix>_...) or the key")],
+) -> None:
+    """Revoke a key: it is refused from the next request on."""
+    from producer.gateway.keys import revoke_key
+
+    try:
+        done = revoke_key(get_settings().require_database_url(), prefix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PREFIX") from exc
+    if not done:
+        err.print(f"[red]no live key with prefix {prefix}[/red]")
+        raise SystemExit(1)
+    console.print(f"revoked {prefix}")
+
+
+@keys_app.command("list")
+def keys_list(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="only this user's")] = None,
+) -> None:
+    """Keys by prefix (never their secrets), newest first."""
+    from producer.gateway.keys import list_keys
+
+    for k in list_keys(get_settings().require_database_url(), user):
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        console.print(
+            f"tq_{k.prefix}_…  user {k.user_id}  {k.name or '-'}  "
+            f"created {k.created_at:%Y-%m-%d %H:%M}  {state}",
+            markup=False,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

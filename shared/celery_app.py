@@ -17,19 +17,28 @@ Why these settings (measured in ``shared/research/celery-redis.md``):
   slots, so kicks never sit behind a busy worker while another idles.
 * ``task_ignore_result``: results live in Postgres; no result backend round trips.
 * Messages carry ids only (I10): JSON serializer, args = [session_id].
+* Beat (``beat_schedule``): reaper, cluster metrics snapshot, session retention, all on
+  the ``maintenance`` queue and each guarded by its own single-runner Redis lock, so a
+  second beat is harmless.  ``HeartbeatScheduler`` writes beat's liveness file.
+* Logging: ``workers.app`` answers Celery's ``setup_logging`` signal with
+  ``shared.logging.configure_logging`` (JSON lines by default), so Celery installs no
+  handlers of its own and leaves stdout alone.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from celery import Celery
 
 from shared.keys import (
+    CLUSTER_METRICS_TASK,
     COMPACT_TASK,
     DRAIN_TASK,
     MAINTENANCE_QUEUE,
     REAP_TASK,
+    RETENTION_TASK,
     SUMMARIZE_QUEUE,
     TURNS_QUEUE,
     queue,
@@ -66,23 +75,47 @@ def make_celery(settings: Settings, *, main: str = "turnq") -> Celery:
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         task_default_queue=queue(TURNS_QUEUE, ns),
+        # Namespaced control and event exchanges: Flower and `celery inspect` on a shared
+        # Redis see only this deployment's workers and tasks.
+        control_exchange=f"{ns}celery",
+        event_exchange=f"{ns}celeryev",
         task_routes={
             DRAIN_TASK: {"queue": queue(TURNS_QUEUE, ns)},
             COMPACT_TASK: {"queue": queue(SUMMARIZE_QUEUE, ns)},
             REAP_TASK: {"queue": queue(MAINTENANCE_QUEUE, ns)},
+            RETENTION_TASK: {"queue": queue(MAINTENANCE_QUEUE, ns)},
+            CLUSTER_METRICS_TASK: {"queue": queue(MAINTENANCE_QUEUE, ns)},
         },
-        beat_schedule={
-            "reap-stuck-turns": {
-                "task": REAP_TASK,
-                "schedule": timedelta(seconds=settings.reaper_interval_s),
-                "options": {
-                    "queue": queue(MAINTENANCE_QUEUE, ns),
-                    "expires": settings.reaper_interval_s,
-                },
-            },
-        },
+        beat_schedule=beat_schedule(settings),
+        beat_scheduler="workers.maintenance:HeartbeatScheduler",
         beat_max_loop_interval=max(1.0, min(5.0, settings.reaper_interval_s)),
-        worker_soft_shutdown_timeout=10.0,
-        worker_enable_soft_shutdown_on_idle=True,
+        # No soft shutdown: on the threads pool it fails (NotImplementedError(kill_job)).
+        # SIGTERM is a warm shutdown: running drains finish their current turn, hand the
+        # rest of their session back (a re-kick), and the worker exits.
     )
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The beat jobs, all on the ``maintenance`` queue, each safe to run twice.
+
+    ``expires`` drops a job message nobody consumed within its interval, so a stopped
+    maintenance pool does not come back to a pile of stale jobs.  Retention is only
+    scheduled when ``TURNQ_SESSION_RETENTION_S`` is set.
+    """
+    maintenance = queue(MAINTENANCE_QUEUE, settings.namespace)
+
+    def job(task: str, every: float) -> dict[str, Any]:
+        return {
+            "task": task,
+            "schedule": timedelta(seconds=every),
+            "options": {"queue": maintenance, "expires": every},
+        }
+
+    jobs = {
+        "reap-stuck-turns": job(REAP_TASK, settings.reaper_interval_s),
+        "publish-cluster-metrics": job(CLUSTER_METRICS_TASK, settings.cluster_metrics_interval_s),
+    }
+    if settings.session_retention_s > 0:
+        jobs["expire-idle-sessions"] = job(RETENTION_TASK, settings.retention_interval_s)
+    return jobs

@@ -18,6 +18,20 @@ Keys are built by functions so the layout lives in one place:
                                          compaction_pending_ttl_s): at most one pending
                                          compaction per session.  The compaction task
                                          deletes it when it starts.
+    beat_job_key(job)
+                     turnq:beat:{job}    STRING  single-runner lock of a beat job
+                                         (``retention``, ``cluster_metrics``): SET NX PX
+                                         0.9 x the job's interval, never deleted, so a job
+                                         runs at most once per interval however many beats
+                                         or duplicate messages there are.
+    cluster_metrics_key()
+                     turnq:metrics:cluster
+                                         HASH    the cluster snapshot the metrics job writes
+                                         (queue depths, turns by status, oldest queued turn,
+                                         sessions over budget, ``taken_at``); EXPIRE
+                                         cluster_metrics_ttl_s(interval) so a dead beat
+                                         shows as missing gauges, not frozen ones.  Every
+                                         process's /metrics reads it (shared.metrics).
 
 ``namespace`` (Settings.namespace; the ``ns`` argument overrides it) is prefixed
 to every key and queue so several
@@ -34,6 +48,8 @@ from shared.settings import get_settings
 DRAIN_TASK = "turnq.drain"
 COMPACT_TASK = "turnq.compact"
 REAP_TASK = "turnq.reap"
+RETENTION_TASK = "turnq.retention"
+CLUSTER_METRICS_TASK = "turnq.cluster_metrics"
 
 TURNS_QUEUE = "turns"
 SUMMARIZE_QUEUE = "summarize"
@@ -68,3 +84,24 @@ def cancel_channel(ns: str | None = None) -> str:
 
 def reaper_key(ns: str | None = None) -> str:
     return f"{_ns(ns)}turnq:reaper"
+
+
+def beat_job_key(job: str, ns: str | None = None) -> str:
+    """Single-runner lock of one beat job (the reaper keeps ``reaper_key``)."""
+    return f"{_ns(ns)}turnq:beat:{job}"
+
+
+def cluster_metrics_key(ns: str | None = None) -> str:
+    return f"{_ns(ns)}turnq:metrics:cluster"
+
+
+def cluster_metrics_ttl_s(interval_s: float) -> int:
+    """The snapshot outlives a few missed runs, then disappears."""
+    return max(60, int(interval_s * 4))
+
+
+def queue_keys(name: str, ns: str | None = None) -> list[str]:
+    """The Redis lists behind one broker queue: kombu emulates priorities with one list
+    per priority step (``name``, ``name\\x06\\x163`` ...), so a depth sums them all."""
+    base = queue(name, ns)
+    return [base, *(f"{base}\x06\x16{p}" for p in range(1, 10))]

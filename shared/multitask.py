@@ -1,11 +1,11 @@
 """Double texting: what happens when a message arrives while its session is busy.
 
-    enqueue   (default) run after the turns already accepted
-    reject    refuse with SessionBusy naming the turn that is queued or running
-    interrupt cancel earlier pending turns; the running one stops at its next safe point
-              (between model calls or tool calls), keeps its finished items with dangling
-              tool calls repaired, and ends ``cancelled``; then the new turn runs
-    rollback  like interrupt, but the running turn writes nothing to the session's history
+enqueue   (default) run after the turns already accepted
+reject    refuse with SessionBusy naming the turn that is queued or running
+interrupt cancel earlier pending turns; the running one stops at its next safe point
+          (between model calls or tool calls), keeps its finished items with dangling
+          tool calls repaired, and ends ``cancelled``; then the new turn runs
+rollback  like interrupt, but the running turn writes nothing to the session's history
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -105,9 +106,83 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535, description="serve Prometheus /metrics here (0: off)"
     )
 
+    # --- Flower (`turnq flower`, producer/flower.py) ------------------------
+    flower_basic_auth: str | None = Field(
+        default=None,
+        repr=False,
+        description="user:password[,user2:password2]; `turnq flower` refuses to start "
+        "without it unless --no-auth on a loopback address",
+    )
+    flower_address: str = "127.0.0.1"
+    flower_port: int = Field(default=5555, ge=0, le=65535)
+    flower_max_tasks: int = Field(
+        default=10_000,
+        ge=100,
+        description="tasks Flower keeps in memory (Flower's own default, 100k, grows its memory)",
+    )
+
     # --- beat -------------------------------------------------------------
     reaper_interval_s: float = 10.0
     reaper_stale_s: float = 30.0
+    session_retention_s: float = Field(
+        default=0,
+        ge=0,
+        description="delete sessions (turns, items, compactions) idle longer than this; "
+        "0 keeps them forever (see docs/observability.md)",
+    )
+    retention_interval_s: float = Field(default=300.0, gt=0, description="retention job period")
+    retention_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="sessions deleted per transaction"
+    )
+    retention_max_batches: int = Field(
+        default=20, ge=1, description="transactions per retention run (the rest waits a run)"
+    )
+    cluster_metrics_interval_s: float = Field(
+        default=15.0, gt=0, description="period of the queue/turn metrics snapshot job"
+    )
+
+    # --- logs and health --------------------------------------------------
+    log_format: Literal["json", "text"] = "json"
+    log_content: bool = Field(
+        default=False,
+        description="debug only: allow message content (inputs, outputs) in logs",
+    )
+    run_dir: Path = Field(
+        default=Path(tempfile.gettempdir()) / "turnq",
+        description="liveness heartbeat files (`turnq health` reads them); local to the host",
+    )
+    liveness_interval_s: float = Field(default=5.0, gt=0, description="heartbeat file period")
+    liveness_stale_s: float = Field(
+        default=30.0, gt=0, description="a heartbeat older than this fails `turnq health`"
+    )
+
+    # --- HTTP gateway (producer/gateway, `turnq gateway`) ------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=0, le=65535)
+    gateway_rate_per_s: float = Field(
+        default=20.0, ge=0, description="sustained requests per second per user (0: no limit)"
+    )
+    gateway_rate_burst: int = Field(
+        default=40, ge=1, description="requests a user may send at once before the rate applies"
+    )
+    gateway_max_wait_s: float = Field(
+        default=60.0, gt=0, le=600, description="cap on GET /v1/turns/{id}?wait= (long-poll)"
+    )
+    gateway_sse_heartbeat_s: float = Field(
+        default=15.0, gt=0, description="SSE comment heartbeat when a stream is idle"
+    )
+    gateway_sse_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="an event stream with no event this long ends"
+    )
+    gateway_max_body_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="largest request body (default 4 x max_content_bytes "
+        "+ 4 KiB), refused with 413 before it is parsed",
+    )
+    gateway_check_workers: bool = Field(
+        default=True, description="/healthz asks Celery which workers consume the turns queue"
+    )
 
     @field_validator("redis_url", "database_url", mode="before")
     @classmethod

@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 import uuid
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from celery import signals
 from prometheus_client import start_http_server
@@ -19,14 +20,25 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.celery_app import make_celery
 from shared.compaction.base import SummaryError
-from shared.keys import COMPACT_TASK, DRAIN_TASK, REAP_TASK, SUMMARIZE_QUEUE
+from shared.keys import (
+    CLUSTER_METRICS_TASK,
+    COMPACT_TASK,
+    DRAIN_TASK,
+    REAP_TASK,
+    RETENTION_TASK,
+    SUMMARIZE_QUEUE,
+)
+from shared.logging import bind_log_context, configure_logging
+from shared.metrics import register_cluster_collector
 from shared.settings import get_settings
 from workers.compact import compact
+from workers.maintenance import WorkerHeartbeat, expire_sessions, publish_cluster_metrics
 from workers.reaper import reap
 from workers.runtime import Runtime, close_runtime, get_runtime
 from workers.turn import drain
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 app = make_celery(get_settings())
 
@@ -40,6 +52,16 @@ def runtime() -> Runtime:
     rt = get_runtime()
     rt.send = send
     return rt
+
+
+async def _in_context(coro: Coroutine[Any, Any, T], **fields: Any) -> T:
+    """Run on the runtime loop with log fields bound (the loop task has its own context)."""
+    with bind_log_context(**fields):
+        return await coro
+
+
+def _task_fields(task: Any, **fields: Any) -> dict[str, Any]:
+    return {"task_name": task.name, "task_id": task.request.id, **fields}
 
 
 def _valid_uuid(value: object) -> str | None:
@@ -77,7 +99,7 @@ def drain_task(session_id: Any) -> int:
         log.error("drain: ignoring a kick with an invalid session id")
         return 0
     rt = runtime()
-    return rt.run(drain(rt, sid))
+    return rt.run(_in_context(drain(rt, sid), **_task_fields(drain_task, session_id=sid)))
 
 
 @app.task(
@@ -96,25 +118,54 @@ def compact_task(session_id: Any) -> str:
         log.error("compact: ignoring a request with an invalid session id")
         return "invalid"
     rt = runtime()
-    return rt.run(compact(rt, sid))
+    return rt.run(_in_context(compact(rt, sid), **_task_fields(compact_task, session_id=sid)))
 
 
 @app.task(name=REAP_TASK, ignore_result=True)
 def reap_task() -> int:
     rt = runtime()
-    return rt.run(reap(rt))
+    return rt.run(_in_context(reap(rt), **_task_fields(reap_task)))
+
+
+@app.task(name=RETENTION_TASK, ignore_result=True)
+def retention_task() -> int:
+    """Delete sessions idle past TURNQ_SESSION_RETENTION_S (bounded batches; one runner)."""
+    rt = runtime()
+    job = expire_sessions(rt.redis, rt.store.engine, rt.settings)
+    report = rt.run(_in_context(job, **_task_fields(retention_task)))
+    return report.deleted if report else 0
+
+
+@app.task(name=CLUSTER_METRICS_TASK, ignore_result=True)
+def cluster_metrics_task() -> bool:
+    """Snapshot queue depths and turn counts into Redis for every /metrics to expose."""
+    rt = runtime()
+    job = publish_cluster_metrics(rt.redis, rt.store.engine, rt.settings, rt.policy.trigger_tokens)
+    return rt.run(_in_context(job, **_task_fields(cluster_metrics_task))) is not None
 
 
 READY_LINE = "turnq: worker ready"
+_heartbeat: WorkerHeartbeat | None = None
+
+
+def _role(consumer: Any) -> str:
+    """``summarizer`` for a worker that consumes only the summarize queue."""
+    try:
+        queues = set(consumer.app.amqp.queues.consume_from)
+    except AttributeError:
+        return "worker"
+    return "summarizer" if queues and all(q.endswith(SUMMARIZE_QUEUE) for q in queues) else "worker"
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: Any = None, logfile: Any = None, **_: Any) -> None:
+    """Workers and beat log structured lines (shared.logging) instead of Celery's format."""
+    configure_logging(get_settings(), level=loglevel or logging.INFO, logfile=logfile or None)
 
 
 def _lower_priority_if_summarizer(consumer: Any) -> None:
     """A summarize-only pool is the low-priority pool: it yields the CPU to chat (I7)."""
-    try:
-        queues = set(consumer.app.amqp.queues.consume_from)
-    except AttributeError:
-        return
-    if queues and all(q.endswith(SUMMARIZE_QUEUE) for q in queues):
+    if _role(consumer) == "summarizer":
         nice = get_settings().summarizer_nice
         if nice:
             os.nice(nice)
@@ -125,14 +176,27 @@ def _lower_priority_if_summarizer(consumer: Any) -> None:
 def _warm_up(sender: Any = None, **_: Any) -> None:
     """Connect and import the agent before the first kick, then say so (at any log level)."""
     _lower_priority_if_summarizer(sender)
-    port = get_settings().metrics_port
-    if port:
-        start_http_server(port, addr="127.0.0.1" if get_settings().env != "prod" else "0.0.0.0")
-    runtime()
+    settings = get_settings()
+    if settings.metrics_port:
+        register_cluster_collector(settings.require_redis_url())
+        addr = "127.0.0.1" if settings.env != "prod" else "0.0.0.0"
+        start_http_server(settings.metrics_port, addr=addr)
+    rt = runtime()
+    global _heartbeat
+    _heartbeat = WorkerHeartbeat(settings, _role(sender))
+    _heartbeat.start(rt, getattr(sender, "timer", None))
     sys.stderr.write(f"{READY_LINE}\n")
     sys.stderr.flush()
 
 
+@signals.worker_shutting_down.connect
+def _stop_claiming(**_: Any) -> None:
+    """Warm shutdown: drains finish their current turn and re-kick the rest of the session."""
+    get_runtime().stopping = True
+
+
 @signals.worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.file.remove()  # a stopped worker is not a stale one
     close_runtime()

@@ -14,7 +14,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, metrics
 from shared.compaction.store import CompactionStore
 from workers.compact import request_compaction
 from workers.runtime import Runtime
@@ -33,11 +33,18 @@ async def reap(rt: Runtime) -> int:
         )
     except RedisError:
         log.warning("reaper: Redis unreachable; skipping this pass")
+        metrics.BEAT_JOBS.labels(job="reap", outcome="failed").inc()
         return 0
     if not mine:
+        metrics.BEAT_JOBS.labels(job="reap", outcome="skipped").inc()
         return 0
-    kicked = await _rekick_stale_turns(rt)
-    await _request_overdue_compactions(rt)
+    try:
+        kicked = await _rekick_stale_turns(rt)
+        await _request_overdue_compactions(rt)
+    except Exception:
+        metrics.BEAT_JOBS.labels(job="reap", outcome="failed").inc()
+        raise
+    metrics.BEAT_JOBS.labels(job="reap", outcome="ran").inc()
     return kicked
 
 
@@ -55,6 +62,7 @@ async def _rekick_stale_turns(rt: Runtime) -> int:
     # Sessions whose lock is live are marked too, so a big backlog rotates through the batch.
     await rt.store.mark_kicked(stale)
     if orphaned:
+        metrics.REAPER_RECOVERIES.inc(len(orphaned))
         log.info("reaper re-kicked sessions", extra={"count": len(orphaned)})
     return len(orphaned)
 

@@ -50,6 +50,7 @@ class Runtime:
     send: Callable[[str, str], None] | None = None  # (task name, session id); set by workers.app
     _summarizer: Summarizer | None = None
     _cancels: CancelListener | None = None
+    stopping: bool = False  # warm shutdown began: finish the current turn, claim no more
 
     @property
     def cancels(self) -> CancelListener:
@@ -75,6 +76,8 @@ class Runtime:
 
     def close(self) -> None:
         async def _close() -> None:
+            if self._cancels is not None:
+                await self._cancels.close()
             await self.store.close()
             await self.redis.aclose()
 

@@ -50,6 +50,12 @@ class CancelListener:
     def unregister(self, turn_id: str) -> None:
         self.waiting.pop(turn_id, None)
 
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
     async def _listen(self) -> None:
         channel = keys.cancel_channel()
         while True:

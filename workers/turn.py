@@ -23,7 +23,7 @@ from typing import Any
 
 from agents.exceptions import MaxTurnsExceeded, UserError
 
-from shared import metrics
+from shared import keys, metrics
 from shared.compaction.turns import repair
 from shared.errors import Fenced
 from shared.locks import SessionLock
@@ -49,6 +49,7 @@ async def drain(rt: Runtime, session_id: str) -> int:
             rt.redis, session_id, rt.settings.lock_ttl_s, rt.settings.heartbeat_interval_s
         )
         if not await lock.acquire():
+            metrics.LOCK_CONTENTION.inc()
             log.debug("session busy; the holder drains it", extra={"session_id": session_id})
             return ran
         try:
@@ -56,6 +57,9 @@ async def drain(rt: Runtime, session_id: str) -> int:
         finally:
             await lock.release()
         if lock.lost or not await rt.store.has_pending(session_id):
+            return ran
+        if rt.stopping:  # shutting down: hand the rest of the session to another worker
+            await asyncio.to_thread(rt.send_task, keys.DRAIN_TASK, session_id)
             return ran
 
 
@@ -68,7 +72,7 @@ async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
     ran = 0
     try:
         async with lock.heartbeat(on_lost=me.cancel):
-            while not lock.lost:
+            while not lock.lost and not rt.stopping:
                 turn, gave_up = await rt.store.claim_next(
                     session_id, fence, rt.settings.max_attempts
                 )
@@ -77,7 +81,9 @@ async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
                 if turn is None:
                     break
                 await publish(rt, turn.id, {"type": "status", "status": "running"})
+                t0 = metrics.turn_started(turn)
                 await run_turn(rt, turn, fence)
+                metrics.TURN_RUN.observe(time.perf_counter() - t0)
                 ran += 1
     except asyncio.CancelledError:
         if not lock.lost:
@@ -111,6 +117,7 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
         return
     finally:
         rt.cancels.unregister(turn.id)
+        metrics.MODEL_SECONDS.observe(time.perf_counter() - started)
     new_items = repair([user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)])
     usage = result.context_wrapper.usage
     calls = [r.usage for r in result.raw_responses]
@@ -133,6 +140,7 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
     )
     await publish(rt, turn.id, {"type": "status", "status": status.value})
     metrics.TURNS.labels(status=status.value).inc()
+    metrics.turn_finished(turn, status.value, usage)
     metrics.CONTEXT_TOKENS.observe(after)
     if budget.trimmed:
         metrics.TRIMS.inc()

@@ -1,0 +1,249 @@
+"""The HTTP gateway's FastAPI app: ``create_app(settings)``; ``turnq gateway`` serves it.
+
+    app = create_app(get_settings())
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Layers, outermost first: metrics → body-size limit → FastAPI (auth + rate limit as a
+dependency of every ``/v1`` route, then validation, then the route).  Every error is
+a Problem Details body (``problems.py``); ``/openapi.json`` documents each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
+
+from producer.client import AsyncClient
+from producer.gateway import problems
+from producer.gateway.keys import KeyStore
+from producer.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
+from producer.gateway.models import DependencyState as Dep
+from producer.gateway.models import Health
+from producer.gateway.ratelimit import RateLimiter
+from producer.gateway.routes import build_router
+from producer.gateway.state import Gateway, gateway_of
+from shared import keys
+from shared.errors import TurnqError
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_S = 2.0
+WORKERS_CACHE_S = 10.0
+
+DESCRIPTION = """\
+Send chat turns to turnq's agents and read their results from any language.
+
+Authenticate with `Authorization: Bearer <key>` (or `X-API-Key: <key>`); create a key
+with `turnq keys create --user U`.  Every session and turn belongs to the key's user:
+another user's session or turn answers exactly like one that does not exist (404).
+Errors are `application/problem+json` (RFC 9457) with a stable `code`.
+"""
+
+
+def _version() -> str:
+    try:
+        return version("turnq")
+    except PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+        return "0.0.0"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = AsyncClient.from_settings(settings)
+        app.state.gateway = Gateway(
+            settings=settings,
+            client=client,
+            keys=KeyStore(client.store.engine),
+            limiter=RateLimiter(
+                client.redis,
+                rate_per_s=settings.gateway_rate_per_s,
+                burst=settings.gateway_rate_burst,
+                namespace=settings.namespace,
+            ),
+        )
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app = FastAPI(
+        title="turnq",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.include_router(build_router(settings))
+    _add_operational_routes(app)
+    _add_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.gateway_max_body_bytes or 4 * settings.max_content_bytes + 4096,
+    )
+    app.add_middleware(MetricsMiddleware)
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
+    return app
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    handlers: list[tuple[type[Exception], Handler]] = [
+        (problems.ApiProblem, problems.handle_api_problem),
+        (TurnqError, problems.handle_turnq_error),
+        (RequestValidationError, problems.handle_validation),
+        (HTTPException, problems.handle_http),
+        (DBAPIError, problems.handle_dependency),
+        *((exc, problems.handle_dependency) for exc in problems.DEPENDENCY_ERRORS),
+        (Exception, problems.handle_fault),
+    ]
+    for exc_class, handler in handlers:
+        app.add_exception_handler(exc_class, handler)
+
+
+def _add_operational_routes(app: FastAPI) -> None:
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Postgres or Redis not answering"}},
+        summary="Dependencies: postgres, redis (required), workers (reported)",
+        tags=["operations"],
+    )
+    async def healthz(request: Request) -> JSONResponse:
+        gw = gateway_of(request)
+        pg, redis = await asyncio.gather(_check_postgres(gw.client), _check_redis(gw.client))
+        workers = await _check_workers(gw) if redis.status == "ok" else Dep(status="unknown")
+        ok = pg.status == "ok" and redis.status == "ok"
+        health = Health(
+            status="ok" if ok else "unavailable",
+            checks={"postgres": pg, "redis": redis, "workers": workers},
+        )
+        return JSONResponse(health.model_dump(exclude_none=True), status_code=200 if ok else 503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        summary="Prometheus metrics",
+        tags=["operations"],
+    )
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _timed(check: Callable[[], Awaitable[object]]) -> Dep:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await check()
+    except Exception as exc:
+        return Dep(status="down", detail=f"{type(exc).__name__}: {exc}"[:200])
+    return Dep(status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+async def _check_postgres(client: AsyncClient) -> Dep:
+    async def query() -> None:
+        async with client.store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    return await _timed(query)
+
+
+async def _check_redis(client: AsyncClient) -> Dep:
+    async def ping() -> None:
+        await client.redis.ping()
+
+    return await _timed(ping)
+
+
+async def _check_workers(gw: Gateway) -> Dep:
+    """How many workers consume this deployment's turns queue (cached: it costs ~1 s)."""
+    if not gw.settings.gateway_check_workers:
+        return Dep(status="unknown", detail="not checked (TURNQ_GATEWAY_CHECK_WORKERS=false)")
+    now = time.monotonic()
+    if gw.workers_cache and now - gw.workers_cache[0] < WORKERS_CACHE_S:
+        return Dep.model_validate(gw.workers_cache[1])
+    turns = keys.queue(keys.TURNS_QUEUE, gw.settings.namespace)
+
+    def ask() -> int:
+        replies: Any = gw.client.celery.control.inspect(timeout=1.0).active_queues() or {}
+        return sum(1 for qs in replies.values() if any(q.get("name") == turns for q in qs or []))
+
+    try:
+        count = await asyncio.wait_for(asyncio.to_thread(ask), 3.0)
+    except Exception as exc:
+        state = Dep(status="unknown", detail=f"{type(exc).__name__}")
+    else:
+        state = Dep(
+            status="ok" if count else "down",
+            count=count,
+            detail=None if count else "no worker consumes the turns queue; turns wait",
+        )
+    gw.workers_cache = (now, state.model_dump())
+    return state
+
+
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """FastAPI's schema, with problem responses as application/problem+json and the
+    deployment's limits (id length) written in, so schema-driven clients see the truth."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    headers = {
+        "401": {"WWW-Authenticate": "the auth scheme (Bearer)"},
+        "429": {"Retry-After": "seconds until a request will be accepted"},
+        "503": {"Retry-After": "seconds to wait before retrying"},
+    }
+    for operations in schema.get("paths", {}).values():
+        for op in operations.values():
+            for code, response in op.get("responses", {}).items():
+                json_body = response.get("content", {}).get("application/json", {})
+                if json_body.get("schema", {}).get("$ref", "").endswith("/Problem"):
+                    response["content"] = {problems.MEDIA_TYPE: json_body}
+                for name, description in headers.get(code, {}).items():
+                    response.setdefault("headers", {})[name] = {
+                        "description": description,
+                        "schema": {"type": "string"},
+                    }
+            if op.get("operationId", "").startswith("create_turn"):
+                op["responses"]["202"]["headers"] = {
+                    "Location": {"description": "the turn", "schema": {"type": "string"}}
+                }
+            for param in op.get("parameters", []):
+                _not_null(param)
+    body = schema.get("components", {}).get("schemas", {}).get("TurnCreate", {})
+    for variant in body.get("properties", {}).get("idempotency_key", {}).get("anyOf", []):
+        if variant.get("type") == "string":
+            variant["maxLength"] = settings.max_id_length
+    app.openapi_schema = schema
+    return schema
+
+
+def _not_null(param: dict[str, Any]) -> None:
+    """An optional query or header parameter is absent, never JSON null: say so."""
+    variants = param.get("schema", {}).get("anyOf")
+    if not variants:
+        return
+    kept = [v for v in variants if v.get("type") != "null"]
+    if len(kept) == 1:
+        extra = {k: v for k, v in param["schema"].items() if k != "anyOf"}
+        param["schema"] = {**kept[0], **extra}

@@ -1,0 +1,184 @@
+"""Request and response bodies of the HTTP API (their JSON Schemas are the OpenAPI's)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from producer.client import TurnResult
+from shared.multitask import CancelMode, Multitask
+from shared.status import TurnStatus
+from shared.store import SessionRecord
+
+# shared.validation's id rule, as a JSON Schema pattern (the server checks it again).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$"
+# Not blank and no NUL (shared.validation.check_content; its byte limit answers 413).
+CONTENT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+MAX_ID = 512  # the schema's bound; the deployment's max_id_length is patched in by app.py
+
+
+class TurnCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "content": "What is the weather in Austin?",
+                "idempotency_key": "msg-1",
+                "multitask_strategy": "enqueue",
+            }
+        },
+    )
+
+    content: str = Field(
+        min_length=1,
+        json_schema_extra={"pattern": CONTENT_PATTERN},  # checked by check_content: clearer
+        description="the user's message: not blank, no NUL characters, at most "
+        "TURNQ_MAX_CONTENT_BYTES UTF-8 bytes (413 beyond)",
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        max_length=MAX_ID,
+        pattern=ID_PATTERN,
+        description="the same key returns the same turn; reused with other content: 409",
+    )
+    multitask_strategy: Multitask = Field(
+        default=Multitask.ENQUEUE,
+        description="if the session is busy: enqueue (run after), reject (409), interrupt "
+        "(stop the running turn, keep what it finished), rollback (stop it, keep nothing)",
+    )
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: CancelMode = Field(
+        default=CancelMode.INTERRUPT,
+        description="interrupt: keep what the turn finished; rollback: keep nothing",
+    )
+
+
+class TurnAccepted(BaseModel):
+    turn_id: str
+    session_id: str
+    seq: int = Field(description="the turn's position in its session (1, 2, ...)")
+    status: TurnStatus
+    created: bool = Field(description="false when an idempotency key returned an earlier turn")
+
+
+class TurnView(BaseModel):
+    turn_id: str
+    session_id: str
+    seq: int
+    status: TurnStatus
+    input: str
+    output: str | None
+    error: str | None
+    usage: dict[str, Any] | None = Field(
+        description="model usage: requests, input_tokens, output_tokens, total_tokens, ..."
+    )
+    attempts: int
+    context_tokens: int | None
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_wait_s: float | None = Field(description="queued until a worker started it")
+    run_s: float | None = Field(description="started until finished")
+    terminal: bool = Field(description="succeeded, failed or cancelled: it will not change")
+
+    @classmethod
+    def of(cls, t: TurnResult) -> TurnView:
+        return cls(
+            turn_id=t.id,
+            session_id=t.session_id,
+            seq=t.seq,
+            status=t.status,
+            input=t.input,
+            output=t.output,
+            error=t.error,
+            usage=t.usage,
+            attempts=t.attempts,
+            context_tokens=t.context_tokens,
+            queued_at=t.queued_at,
+            started_at=t.started_at,
+            finished_at=t.finished_at,
+            queue_wait_s=t.queue_wait_s,
+            run_s=t.run_s,
+            terminal=t.terminal,
+        )
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    created_at: datetime
+    updated_at: datetime = Field(description="last activity (a turn accepted)")
+    turn_count: int = Field(description="turns accepted (any status)")
+    item_count: int = Field(description="items in the transcript")
+    context_tokens: int = Field(description="what the model sees now (summary + recent items)")
+    transcript_tokens: int = Field(description="the whole transcript (estimate)")
+
+    @classmethod
+    def of(cls, s: SessionRecord) -> SessionSummary:
+        return cls(**_summary_fields(s))
+
+
+class SessionDetail(SessionSummary):
+    summary: str | None = Field(description="the compaction summary the model sees")
+    summary_tokens: int
+    compaction_mark: int = Field(description="first item position the model still sees verbatim")
+    compaction_count: int
+    compacted_at: datetime | None
+
+    @classmethod
+    def of(cls, s: SessionRecord) -> SessionDetail:
+        return cls(
+            **_summary_fields(s),
+            summary=s.summary,
+            summary_tokens=s.summary_tokens,
+            compaction_mark=s.compaction_mark,
+            compaction_count=s.compaction_count,
+            compacted_at=s.compacted_at,
+        )
+
+
+def _summary_fields(s: SessionRecord) -> dict[str, Any]:
+    return {
+        "session_id": s.key,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "turn_count": s.turn_count,
+        "item_count": s.item_count,
+        "context_tokens": s.context_tokens,
+        "transcript_tokens": s.transcript_tokens,
+    }
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null: done")
+
+
+class ItemView(BaseModel):
+    position: int
+    item: dict[str, Any] = Field(description="an Agents SDK input item (message, tool call...)")
+
+
+class ItemPage(BaseModel):
+    session_id: str
+    items: list[ItemView]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null: done")
+
+
+class DependencyState(BaseModel):
+    status: Literal["ok", "down", "unknown"]
+    latency_ms: float | None = None
+    detail: str | None = None
+    count: int | None = Field(default=None, description="workers consuming the turns queue")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"] = Field(
+        description="ok when Postgres and Redis answer (workers are reported, not required)"
+    )
+    checks: dict[str, DependencyState]
