@@ -11,6 +11,8 @@ production runs, with their logs in ``<data_dir>/logs``.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -35,9 +37,11 @@ class DevRun:
         self.redis_url = ""
         self.database_url = ""
         self.processes: list[ManagedProcess] = []
+        self.dev_key: str | None = None
+        self.gateway_url: str | None = None
         self._clients: list[Client] = []
 
-    def start(self, *, workers: int = 1, beat: bool = True) -> None:
+    def start(self, *, workers: int = 1, beat: bool = True, gateway: bool = False) -> None:
         began = time.monotonic()
         with self.console.status("starting Redis and Postgres…"):
             self.stack, self.redis_url, self.database_url = ensure_stack(self.settings)
@@ -80,11 +84,23 @@ class DevRun:
             specs.append(
                 ("beat", beat_command(self.settings.data_dir / "celerybeat-schedule"), BEAT_READY)
             )
+        if gateway:
+            from producer.gateway.keys import create_key
+            from producer.gateway.server import READY as GATEWAY_READY
+
+            self.dev_key = create_key(self.database_url, "dev", "turnq dev")
+            cmd = [sys.executable, "-m", "producer.cli", "gateway"]
+            cmd += ["--host", self.settings.gateway_host, "--port", str(self.settings.gateway_port)]
+            specs.append(("gateway", cmd, GATEWAY_READY))
         with self.console.status(f"starting {len(specs)} processes…"):
             for name, cmd, ready in specs:
                 proc = ManagedProcess(cmd, env, name, ready=ready, log_path=logs / f"{name}.log")
                 self.processes.append(proc)
                 proc.start()
+        for p in self.processes:
+            if p.name == "gateway":
+                found = re.search(r"listening on (http://\S+)", p.log_text())
+                self.gateway_url = found.group(1) if found else None
         self.console.print(f"[green]up in {time.monotonic() - began:.1f}s[/green]")
 
     def client(self) -> Client:
@@ -108,6 +124,12 @@ class DevRun:
             "talk to it:  [bold]turnq chat my-session --user me[/bold]   "
             f"(finds this stack through {self.settings.data_dir / 'stack.json'})"
         )
+        if self.gateway_url and self.dev_key:
+            self.console.print(f"HTTP API:    {self.gateway_url}   (docs: {self.gateway_url}/docs)")
+            self.console.print(f"dev API key (user dev, shown once): [bold]{self.dev_key}[/bold]")
+            self.console.print(
+                f"  curl -H 'Authorization: Bearer {self.dev_key}' {self.gateway_url}/v1/sessions"
+            )
 
     def watch(self) -> None:
         """Block until a process dies (reported) or Ctrl-C."""

@@ -184,7 +184,7 @@ def dev(
     from ops.devrun import DevRun
 
     with DevRun(get_settings(), console) as run:
-        run.start(workers=workers)
+        run.start(workers=workers, gateway=True)
         run.print_summary()
         console.print("[dim]Ctrl-C to stop[/dim]")
         try:
@@ -222,7 +222,11 @@ def _run_demo(client: object) -> bool:
             done = client.wait(turn.id, timeout=120)
         usage = done.usage or {}
         ok &= done.status is TurnStatus.SUCCEEDED
-        answer = done.output or f"[red]{done.status.value}: {done.error}[/red]"
+        answer = (
+            escape(done.output)
+            if done.output
+            else f"[red]{done.status.value}: {escape(done.error or '')}[/red]"
+        )
         console.print(f"[bold cyan]you>[/bold cyan] {message}")
         console.print(f"[bold green]agent>[/bold green] {answer}")
         console.print(
@@ -335,7 +339,7 @@ def chat(
                 err.print(f"[red]{exc}[/red]")
                 continue
             if done.status is TurnStatus.SUCCEEDED:
-                console.print(f"[bold]agent>[/bold] {done.output}")
+                console.print(f"[bold]agent>[/bold] {escape(done.output or '')}")
             else:
                 console.print(f"[red]turn {done.status.value}: {done.error}[/red]")
     finally:

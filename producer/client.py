@@ -174,12 +174,12 @@ class AsyncClient:
         """Cancel a turn: a queued one at once, a running one at its next safe point."""
         tid = check_turn_id(turn_id)
         check_id("user_id", user_id, self.settings.max_id_length)
-        record, signal = await SessionStore(self.store.engine).cancel_turn(
+        record, signal, cancelled_now = await SessionStore(self.store.engine).cancel_turn(
             tid, user_id, check_cancel_mode(mode)
         )
         if signal:
             await self._signal_cancel(record.id)
-        elif record.status is TurnStatus.CANCELLED:
+        elif cancelled_now:
             await self._announce(record.id, "cancelled")
         return TurnResult.of(record)
 

@@ -66,6 +66,7 @@ sessions = Table(
     Column("compaction_count", Integer, nullable=False, server_default="0"),
     UniqueConstraint("user_id", "key", name="sessions_user_key"),
     Index("sessions_user_updated", "user_id", "updated_at"),
+    Index("sessions_updated", "updated_at"),
 )
 
 turns = Table(

@@ -1,7 +1,7 @@
 """Session-level operations for the API: list, delete, cancel a turn.
 
     sessions, cursor = await SessionStore(engine).list_sessions("alice", limit=20)
-    record, signal = await SessionStore(engine).cancel_turn(turn_id, "alice", CancelMode.INTERRUPT)
+    record, signal, now = await SessionStore(engine).cancel_turn(tid, "alice", CancelMode.ROLLBACK)
 
 Every query is scoped by the owner: another user's session or turn is simply not found.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import datetime
 
 from sqlalchemy import text
@@ -29,7 +30,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, sid = json.loads(raw)
-        return datetime.fromisoformat(stamp), str(sid)
+        return datetime.fromisoformat(stamp), str(uuid.UUID(str(sid)))
     except (ValueError, TypeError) as exc:
         raise InvalidInput("cursor", "is not a cursor this API returned") from exc
 
@@ -69,8 +70,9 @@ class SessionStore:
 
     async def cancel_turn(
         self, turn_id: str, user_id: str, mode: CancelMode
-    ) -> tuple[TurnRecord, bool]:
-        """Returns the turn and whether a running worker must be told to stop."""
+    ) -> tuple[TurnRecord, bool, bool]:
+        """Returns the turn, whether a running worker must be told to stop, and whether
+        this call itself cancelled it (a queued turn)."""
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
@@ -87,7 +89,7 @@ class SessionStore:
             turn = _turn(row)
             status = turn.status.value
             if status == "cancelled":
-                return turn, False
+                return turn, False, False
             if status in ("succeeded", "failed"):
                 raise TurnNotCancellable(turn_id, status)
             if status == "queued":
@@ -107,4 +109,4 @@ class SessionStore:
                 )
                 signal = True
             updated = (await conn.execute(text(sql), {"id": turn_id, "mode": mode.value})).one()
-        return _turn(updated), signal
+        return _turn(updated), signal, not signal

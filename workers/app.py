@@ -183,8 +183,11 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
         start_http_server(settings.metrics_port, addr=addr)
     rt = runtime()
     global _heartbeat
-    _heartbeat = WorkerHeartbeat(settings, _role(sender))
-    _heartbeat.start(rt, getattr(sender, "timer", None))
+    try:
+        _heartbeat = WorkerHeartbeat(settings, _role(sender))
+        _heartbeat.start(rt, getattr(sender, "timer", None))
+    except OSError:  # `turnq health` will say so; the worker itself can still serve
+        log.exception("cannot write the liveness heartbeat under %s", settings.run_dir)
     sys.stderr.write(f"{READY_LINE}\n")
     sys.stderr.flush()
 

@@ -11,7 +11,6 @@ is logged in ``compactions`` with its error, and the task retries with backoff.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ async def request_compaction(rt: Runtime, session_id: str) -> bool:
     except RedisError:
         return False  # the reaper asks again for sessions still over budget
     if fresh:
-        await asyncio.to_thread(rt.send_task, keys.COMPACT_TASK, session_id)
+        await rt.kick(keys.COMPACT_TASK, session_id)
     return bool(fresh)
 
 

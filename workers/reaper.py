@@ -9,7 +9,6 @@ interval), bounded batches, oldest first.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from redis.exceptions import RedisError
@@ -58,7 +57,7 @@ async def _rekick_stale_turns(rt: Runtime) -> int:
         live = await pipe.execute()
     orphaned = [sid for sid, held in zip(stale, live, strict=True) if not held]
     for sid in orphaned:
-        await asyncio.to_thread(rt.send_task, keys.DRAIN_TASK, sid)
+        await rt.kick(keys.DRAIN_TASK, sid)
     # Sessions whose lock is live are marked too, so a big backlog rotates through the batch.
     await rt.store.mark_kicked(stale)
     if orphaned:

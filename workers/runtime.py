@@ -13,6 +13,7 @@ A single loop also avoids "attached to a different loop" errors that per-task
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from agents import Agent, RunConfig
+from agents import Agent, ModelSettings, RunConfig
 
 from shared.compaction.base import ContextPolicy, Summarizer, policy_from_settings
 from shared.loop import LoopThread
@@ -63,6 +64,16 @@ class Runtime:
         if self.send is None:
             raise RuntimeError("runtime has no sender; workers.app sets it")
         self.send(task, session_id)
+
+    async def kick(self, task: str, session_id: str, wait_s: float = 10.0) -> bool:
+        """Publish a kick from the loop without ever hanging it (a publish can block on
+        the broker connection pool); a kick that is not sent is left to the reaper."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.send_task, task, session_id), wait_s)
+            return True
+        except Exception:
+            log.warning("kick not sent; the reaper will retry", extra={"task": task}, exc_info=True)
+            return False
 
     def summarizer(self) -> Summarizer:
         if self._summarizer is None:
@@ -135,6 +146,8 @@ def _build(settings: Settings) -> Runtime:
 
         agent = agent.clone(model=chat_model(settings))
     run_config = RunConfig(
+        # Streamed Chat Completions report usage only when asked; usage drives the budget.
+        model_settings=ModelSettings(include_usage=True),
         tracing_disabled=not settings.tracing,
         trace_include_sensitive_data=False,
     )

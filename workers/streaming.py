@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,8 @@ class CancelListener:
 
     def register(self, turn_id: str) -> asyncio.Event:
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._listen())
+            # A fresh context: the listener must not carry the first drain's log fields.
+            self._task = asyncio.create_task(self._listen(), context=contextvars.Context())
         event = asyncio.Event()
         self.waiting[turn_id] = event
         return event

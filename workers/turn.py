@@ -59,7 +59,7 @@ async def drain(rt: Runtime, session_id: str) -> int:
         if lock.lost or not await rt.store.has_pending(session_id):
             return ran
         if rt.stopping:  # shutting down: hand the rest of the session to another worker
-            await asyncio.to_thread(rt.send_task, keys.DRAIN_TASK, session_id)
+            await rt.kick(keys.DRAIN_TASK, session_id)
             return ran
 
 

@@ -38,6 +38,7 @@ from producer.gateway.routes import build_router
 from producer.gateway.state import Gateway, gateway_of
 from shared import keys
 from shared.errors import TurnqError
+from shared.metrics import register_cluster_collector
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = AsyncClient.from_settings(settings)
+        register_cluster_collector(settings.require_redis_url(), namespace=settings.namespace)
         app.state.gateway = Gateway(
             settings=settings,
             client=client,
@@ -145,7 +147,9 @@ def _add_operational_routes(app: FastAPI) -> None:
         tags=["operations"],
     )
     async def metrics_endpoint() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        # The cluster collector reads Redis synchronously: keep it off the event loop.
+        body = await asyncio.to_thread(generate_latest, REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _timed(check: Callable[[], Awaitable[object]]) -> Dep:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
-    "turnq_gateway_requests_total",
+    "turnq_http_requests_total",
     "HTTP requests answered by the gateway, by method, route template and status code.",
     ["method", "route", "status"],
 )

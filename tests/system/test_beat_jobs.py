@@ -134,7 +134,7 @@ def test_beat_jobs_and_worker_metrics(
         return s
 
     samples = wait_for(settled, 30, "the cluster snapshot never showed the finished turns")
-    assert value(samples, "turnq_sessions_expired_total") == 450
+    assert value(samples, "turnq_sessions_expired_total") >= 450
     assert value(samples, "turnq_beat_jobs_total", job="retention", outcome="ran") >= 5
     assert value(samples, "turnq_beat_jobs_total", job="cluster_metrics", outcome="ran") >= 1
     skipped = sum(

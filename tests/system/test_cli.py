@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ops.processes import ROOT, ManagedProcess
@@ -37,7 +39,7 @@ def test_demo_runs_the_seed_conversation_on_an_embedded_stack(tmp_path: Path) ->
 
 
 def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
-    env = _bare_env(tmp_path)
+    env = {**_bare_env(tmp_path), "TURNQ_GATEWAY_PORT": "0", "COLUMNS": "250"}
     dev = ManagedProcess(
         [*TURNQ, "dev"], env, "turnq-dev", ready="Ctrl-C to stop", inherit_env=False
     )
@@ -53,6 +55,17 @@ def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
         assert chat.returncode == 0, chat.stdout + chat.stderr
         assert "Austin is warmer" in chat.stdout
         assert "get_weather" in chat.stdout  # /history shows the tool calls
+        # The gateway runs too, with a development key printed once.
+        printed = dev.log_text()
+        url = re.search(r"HTTP API:\s+(http://\S+)", printed)
+        key = re.search(r"dev API key \(user dev, shown once\): (\S+)", printed)
+        assert url and key, printed[-2000:]
+        listing = httpx.get(
+            url.group(1) + "/v1/sessions",
+            headers={"Authorization": f"Bearer {key.group(1)}"},
+            timeout=10,
+        )
+        assert listing.status_code == 200, listing.text
     finally:
         assert dev.proc is not None
         dev.proc.send_signal(signal.SIGINT)

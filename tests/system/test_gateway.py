@@ -142,7 +142,7 @@ def test_a_conversation_through_every_route(
     # Metrics: route templates and status codes, never ids.
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert (
-        'turnq_gateway_requests_total{method="POST",route="/v1/sessions/{session_id}/turns",'
+        'turnq_http_requests_total{method="POST",route="/v1/sessions/{session_id}/turns",'
         'status="202"}' in metrics
     )
     assert 'route="/v1/turns/{turn_id}"' in metrics

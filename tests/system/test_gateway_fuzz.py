@@ -77,7 +77,7 @@ def test_the_fuzzing_reached_every_route_and_no_5xx(fuzz_gateway: GatewayProcess
     metrics = httpx.get(f"{fuzz_gateway.url}/metrics", timeout=10).text
     counts: dict[str, float] = {}
     for line in metrics.splitlines():
-        if line.startswith("turnq_gateway_requests_total{"):
+        if line.startswith("turnq_http_requests_total{"):
             labels, value = line.rsplit(" ", 1)
             counts[labels] = float(value)
     assert not [k for k in counts if 'status="5' in k], counts

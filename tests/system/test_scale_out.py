@@ -88,7 +88,7 @@ def _isolation_available() -> str:
     )
     if probe.returncode != 0:
         return "names"
-    if shutil.which("ip") is None or shutil.which("socat") is None:
+    if any(shutil.which(tool) is None for tool in ("ip", "ss", "socat")):
         return "uts"
     name = f"tqprobe{RUN_ID}"
     made = subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=10)
