@@ -96,12 +96,19 @@ def main() -> None:
             ready=WORKER_READY,
         )
         chat.start()
-        summ.start()
-        settings = Settings(**{"namespace": ns})
-        app = make_celery(settings)
-        r = redis.Redis.from_url(env["TURNQ_REDIS_URL"])
-        sessions = seed_sessions(env["TURNQ_DATABASE_URL"].replace("+psycopg", ""), args.backlog)
-        client = Client.from_settings()
+        try:
+            summ.start()
+            settings = Settings(**{"namespace": ns})
+            app = make_celery(settings)
+            r = redis.Redis.from_url(env["TURNQ_REDIS_URL"])
+            sessions = seed_sessions(
+                env["TURNQ_DATABASE_URL"].replace("+psycopg", ""), args.backlog
+            )
+            client = Client.from_settings()
+        except BaseException:  # never leave workers behind on a failed setup
+            chat.stop()
+            summ.stop()
+            raise
         idle: list[float] = []
         busy: list[float] = []
         depth: list[int] = []
