@@ -29,8 +29,13 @@ def main() -> None:
         tq = turnq_worker(env, "b1", concurrency=8, TURNQ_AGENT="tests.agents:echo")
         raw = raw_worker(env, raw_queue, concurrency=8)
         tq.start()
-        raw.start()
-        client = Client.from_settings()
+        try:
+            raw.start()
+            client = Client.from_settings()
+        except BaseException:  # never leave workers behind on a failed setup
+            tq.stop()
+            raw.stop()
+            raise
         try:
             for _ in range(20):  # warm both paths
                 noop.apply_async(queue=raw_queue).get(timeout=10)
