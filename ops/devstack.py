@@ -85,7 +85,8 @@ class _PortTaken(Exception):
     """The server lost the race for the port we probed; the caller retries on another."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (callers retry if they lose the race)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -189,7 +190,7 @@ class _Redis:
     def spawn(self) -> None:
         """Start without waiting, so Redis boots while Postgres does."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self._log_offset = _size(self.logfile)
         args = [
             str(redis_server_binary()),
@@ -322,7 +323,7 @@ class _Postgres:
 
     def _pg_ctl_start(self, deadline: float) -> None:
         assert self._server is not None
-        self.port = _free_port()
+        self.port = free_port()
         offset = _size(self.logfile)
         options = f"-h 127.0.0.1 -p {self.port} -k {shlex.quote(str(self.socket_dir))}"
         timeout = max(1, int(deadline - time.monotonic()))

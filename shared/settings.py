@@ -233,10 +233,6 @@ class Settings(BaseSettings):
             return False
         return not (self.openai_api_key or self.openai_base_url)
 
-    @property
-    def sync_database_url(self) -> str:
-        return self.require_database_url()
-
     def require_database_url(self) -> str:
         if not self.database_url:
             raise RuntimeError(

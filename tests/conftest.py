@@ -117,6 +117,12 @@ def _clear_settings() -> None:
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests (marked anyio) run on asyncio, like the workers."""
+    return "asyncio"
+
+
 @pytest.fixture
 def uid() -> str:
     """A fresh id for users/sessions so tests sharing the run's database never collide."""

@@ -59,10 +59,13 @@ class CallBudget:
 
     def filter(self, data: CallModelData[Any]) -> ModelInputData:
         items = repair(list(data.model_data.input))  # type: ignore[arg-type]
-        items, trimmed = trim_to_budget(items, self.item_limit, self.count)
-        self.trimmed |= trimmed
+        size = self.count(items)  # one pass over the input when it fits (the usual case)
+        if size > self.item_limit:
+            items, _ = trim_to_budget(items, self.item_limit, self.count)
+            self.trimmed = True
+            size = self.count(items)
         self.calls += 1
-        self.largest_input_estimate = max(self.largest_input_estimate, self.count(items))
+        self.largest_input_estimate = max(self.largest_input_estimate, size)
         return ModelInputData(input=items, instructions=data.model_data.instructions)  # type: ignore[arg-type]
 
 

@@ -75,11 +75,6 @@ BAD_CONTENT: list[Any] = [
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def client(stack_env: dict[str, str]) -> AsyncIterator[AsyncClient]:
     c = AsyncClient.from_settings()
     yield c

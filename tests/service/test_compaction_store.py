@@ -19,11 +19,6 @@ pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def store(stack_env: dict[str, str]) -> Any:
     s = Store(create_engine(stack_env["TURNQ_DATABASE_URL"]))
     yield s

@@ -35,11 +35,6 @@ RETENTION_S = 3000 * DAY
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def ns(stack_env: dict[str, str], uid: str) -> Iterator[str]:
     """A Redis namespace of this test alone (queues, job locks, the snapshot)."""
     namespace = f"{NAMESPACE}m{uid}:"

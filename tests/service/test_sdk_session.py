@@ -46,11 +46,6 @@ def _msgs(tag: str, n: int) -> list[TResponseInputItem]:
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     e = create_engine(_pg(database_url), pool_size=5)
     yield e

@@ -22,11 +22,6 @@ pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def store(database_url: str) -> AsyncIterator[Store]:
     s = Store(create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1)))
     yield s

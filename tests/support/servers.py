@@ -40,18 +40,12 @@ from typing import Any, Literal, Self, TypeVar
 import psutil
 import redis
 
+from ops.devstack import free_port
+
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (callers retry if they lose the race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(

@@ -6,7 +6,6 @@ production defaults are the same code with larger numbers.
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from ops.processes import ManagedProcess
 from producer import Client
+from tests.support.servers import free_port
 from tests.support.workers import BeatProcess, WorkerProcess
 
 FAST_RECOVERY = {
@@ -92,9 +92,7 @@ class StubLLM:
 
 @pytest.fixture
 def stub_llm() -> Iterator[StubLLM]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "producer.cli", "stub-llm", "--port", str(port)]
     proc = ManagedProcess(cmd, {}, "stub-llm", ready="stub LLM listening on")
     proc.start()

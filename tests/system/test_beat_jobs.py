@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from typing import Any
 
@@ -22,17 +21,12 @@ from sqlalchemy import text
 from producer import Client
 from shared.status import TurnStatus
 from shared.store import Store, create_engine
+from tests.support.servers import free_port
 from tests.system.test_pipeline import assert_consistent, wait_for
 
 pytestmark = [pytest.mark.system]
 
 DAY = 86_400
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,20 +11,14 @@ import redis
 from producer import Client
 from shared import keys
 from shared.status import TurnStatus
+from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 
 pytestmark = [__import__("pytest").mark.system]
 
 
 def wait_for(predicate: Any, timeout: float, message: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval, message)
 
 
 def user_messages(history: list[dict[str, Any]]) -> list[str]:
