@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import statistics
 import sys
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -16,6 +20,8 @@ from ops.processes import WORKER_READY, ManagedProcess, worker_command
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+RAW_READY = "bench: raw worker ready"  # printed by benchmarks.raw_celery at any log level
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @contextmanager
@@ -55,14 +61,100 @@ def turnq_worker(env: dict[str, str], name: str, concurrency: int, **extra: str)
 
 
 def raw_worker(
-    env: dict[str, str], queue: str, concurrency: int, pool: str = "threads"
+    env: dict[str, str], queue: str, concurrency: int, pool: str = "threads", name: str = "raw"
 ) -> ManagedProcess:
+    """The baseline worker; logs at WARNING like turnq's, so neither pays per-task logging."""
     cmd = [
         sys.executable, "-m", "celery", "-A", "benchmarks.raw_celery", "worker", "-P", pool,
-        "-c", str(concurrency), "-Q", queue, "-n", f"raw-{queue}@%h", "-l", "INFO",
+        "-c", str(concurrency), "-Q", queue, "-n", f"{name}-{queue}@%h", "-l", "WARNING",
         "--without-mingle", "--without-gossip",
     ]  # fmt: skip
-    return ManagedProcess(cmd, {**env, "BENCH_RAW_QUEUE": queue}, "raw", ready=" ready.")
+    return ManagedProcess(cmd, {**env, "BENCH_RAW_QUEUE": queue}, name, ready=RAW_READY)
+
+
+def pg_url(env: dict[str, str]) -> str:
+    """The scratch database as a plain psycopg URL."""
+    return env["TURNQ_DATABASE_URL"].replace("+psycopg", "")
+
+
+@contextmanager
+def running(procs: Sequence[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
+    """Start every process (in order); stop them all on the way out, even if one failed."""
+    with ExitStack() as stack:
+        for proc in procs:
+            stack.callback(proc.stop)
+            proc.start()
+        yield list(procs)
+
+
+def enqueue_many(keys: Sequence[str], user: str = "bench", parallel: int = 16) -> list[str]:
+    """Enqueue one turn per key (keys may repeat: turns of one session), in this order
+    per session; returns the turn ids."""
+    from producer import AsyncClient
+
+    async def go() -> list[str]:
+        by_session: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_session.setdefault(k, []).append(i)
+        ids = [""] * len(keys)
+        gate = asyncio.Semaphore(parallel)
+        async with AsyncClient.from_settings() as client:
+
+            async def one_session(k: str, idx: list[int]) -> None:
+                async with gate:
+                    for i in idx:  # a session's turns in order: FIFO is per session
+                        ids[i] = (await client.enqueue(k, user, f"hello {i}")).id
+
+            await asyncio.gather(*(one_session(k, v) for k, v in by_session.items()))
+        return ids
+
+    return asyncio.run(go())
+
+
+def wait_turns(env: dict[str, str], ids: Sequence[str], timeout: float = 300) -> dict[str, float]:
+    """Wait until every turn is terminal; returns counts and the last finished_at (epoch s)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(pg_url(env), autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = ANY(%s)), "
+                "count(*) FILTER (WHERE status = 'succeeded'), max(finished_at), "
+                "min(started_at) FROM turns WHERE id = ANY(%s::uuid[])",
+                (list(TERMINAL), list(ids)),
+            ).fetchone()
+            assert row is not None
+            if row[0] == len(ids):
+                return {
+                    "done": row[0],
+                    "succeeded": row[1],
+                    "last_finished": row[2].timestamp(),
+                    "first_started": row[3].timestamp(),
+                }
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{row[0]}/{len(ids)} turns finished in {timeout}s")
+            time.sleep(0.05)
+
+
+def wait_raw_results(result_ids: Sequence[str], timeout: float = 300) -> float:
+    """Wait for every raw no-op's stored result; returns the last date_done (epoch s)."""
+    import redis
+
+    r = redis.Redis.from_url(REDIS)
+    keys = [f"celery-task-meta-{i}" for i in result_ids]
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            metas = [m for m in r.mget(keys) if m is not None]
+            if len(metas) == len(keys):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(metas)}/{len(keys)} raw tasks done in {timeout}s")
+            time.sleep(0.05)
+        r.delete(*keys)
+    finally:
+        r.close()
+    done = [datetime.fromisoformat(json.loads(m)["date_done"]) for m in metas]
+    return max(d if d.tzinfo else d.replace(tzinfo=UTC) for d in done).timestamp()
 
 
 def pct(values: Sequence[float], p: float) -> float:

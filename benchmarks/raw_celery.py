@@ -6,8 +6,12 @@ celery -A benchmarks.raw_celery worker
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
+
+from benchmarks.common import RAW_READY as READY
 
 QUEUE = os.environ.get("BENCH_RAW_QUEUE", "bench-raw")
 app = Celery(
@@ -21,6 +25,11 @@ app.conf.update(
     task_default_queue=QUEUE,
     worker_hijack_root_logger=False,
 )
+
+
+@worker_ready.connect
+def _announce(**_: Any) -> None:  # seen at any log level, so workers can run at WARNING
+    print(READY, flush=True)
 
 
 @app.task(name="bench.noop")
