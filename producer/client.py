@@ -37,7 +37,13 @@ from shared.session_store import SessionStore
 from shared.settings import Settings, get_settings
 from shared.status import TurnStatus
 from shared.store import Item, SessionRecord, Store, TurnRecord, create_engine
-from shared.validation import check_content, check_id, check_optional_key, check_turn_id
+from shared.validation import (
+    check_content,
+    check_event_id,
+    check_id,
+    check_optional_key,
+    check_turn_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +297,9 @@ class AsyncClient:
         Postgres is checked whenever the stream is quiet, so a lost event (a flushed
         Redis) still ends the stream with the turn's real final status.
         """
+        last = check_event_id(last_event_id)
         await self.get_turn(turn_id, user_id)  # 404 before streaming anything
         key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
-        last = last_event_id
         quiet_since = time.monotonic()
         while True:
             try:

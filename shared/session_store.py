@@ -26,10 +26,15 @@ def _encode_cursor(updated_at: datetime, session_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_CURSOR_CHARS = 512  # issued cursors are ~100; a forged one may be anything
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, sid = json.loads(raw)
+        stamp, sid = json.loads(raw)  # short, so never deep enough for a RecursionError
         return datetime.fromisoformat(stamp), str(uuid.UUID(str(sid)))
     except (ValueError, TypeError) as exc:
         raise InvalidInput("cursor", "is not a cursor this API returned") from exc

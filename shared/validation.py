@@ -10,6 +10,11 @@ import uuid
 
 from shared.errors import ContentTooLarge, InvalidInput
 
+# A Redis stream entry id (what events are numbered with), optionally as the "-final"
+# id a client was given when Postgres supplied the end of a stream.
+_EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})(-final)?$")
+_STREAM_ID_MAX = 2**64 - 1
+
 # Printable ids: letters, digits and a few separators; no whitespace, no control characters.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
 
@@ -59,3 +64,13 @@ def check_turn_id(value: object) -> str:
         return str(uuid.UUID(value))
     except ValueError as exc:
         raise InvalidInput("turn_id", "must be a UUID") from exc
+
+
+def check_event_id(value: object) -> str:
+    """The stream id to read after, from an event id this API sent ("0-0": the start)."""
+    m = _EVENT_ID.fullmatch(value) if isinstance(value, str) else None
+    if m is None or max(int(m.group(1)), int(m.group(2))) > _STREAM_ID_MAX:
+        raise InvalidInput(
+            "last_event_id", "must be an event id this stream sent, e.g. 1732450000000-0"
+        )
+    return f"{m.group(1)}-{m.group(2)}"

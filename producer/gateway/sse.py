@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 
 from producer.client import AsyncClient
 from producer.gateway import metrics
+from shared.errors import InvalidInput
+from shared.validation import check_event_id
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,10 @@ def resume_from(last_event_id: str | None) -> str:
     """The Redis stream id to read after ("0-0": from the start)."""
     if not last_event_id:
         return "0-0"
-    m = EVENT_ID.fullmatch(last_event_id)
-    if not m:
-        raise ValueError("must be an event id this stream sent, e.g. 1732450000000-0")
-    return m.group(1)
+    try:
+        return check_event_id(last_event_id)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from exc
 
 
 async def stream(
