@@ -4,20 +4,29 @@ Summarization has its own queue and worker pool (I7), so a backlog there must no
 slow chat.  One run, phases interleaved: idle, backlog, idle, backlog.  The
 summarizer is deliberately slow (0.2 s per compaction) so the backlog stays.
 
-    python -m benchmarks.b6_compaction_backlog [--turns 300] [--backlog 1000]
+    python -m benchmarks.b6_compaction_backlog [--turns 300] [--backlog 1000] [--rounds 3]
+    benchmarks.b6_compaction_backlog.run(quick=True) -> dict  (for benchmarks.run)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import uuid
+from typing import Any
 
-import psycopg
 import redis
 
-from benchmarks.common import median, pct, scratch_stack, table, turnq_worker
+from benchmarks.common import (
+    median,
+    pct,
+    pg_url,
+    running,
+    scratch_stack,
+    seed_sessions,
+    table,
+    turnq_worker,
+)
+from benchmarks.resources import Meter
 from ops.processes import WORKER_READY, ManagedProcess, worker_command
 
 POLICY = {
@@ -27,36 +36,6 @@ POLICY = {
     "TURNQ_SUMMARIZER": "tests.agents:slow_extractive",
     "TEST_SUMMARIZER_LATENCY_S": "0.2",
 }
-
-
-def seed_sessions(database_url: str, n: int) -> list[str]:
-    """n sessions with 40 items each (over the trigger), inserted directly."""
-    ids = [str(uuid.uuid4()) for _ in range(n)]
-    text = "The quarterly report is due on Friday; remember the figures for region {}. " * 3
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        for k, sid in enumerate(ids):
-            cur.execute(
-                "INSERT INTO sessions (id, user_id, key, turn_count, item_count, context_tokens) "
-                "VALUES (%s, 'bench', %s, 20, 40, 3000)",
-                (sid, f"backlog-{k}"),
-            )
-            rows = []
-            for p in range(40):
-                item = (
-                    {"role": "user", "content": text.format(p, p, p)}
-                    if p % 2 == 0
-                    else {
-                        "type": "message",
-                        "role": "assistant",
-                        "content": [{"type": "output_text", "text": "Noted.", "annotations": []}],
-                    }
-                )
-                rows.append((sid, p, json.dumps(item), 60))
-            cur.executemany(
-                "INSERT INTO items (session_id, position, item, tokens) VALUES (%s, %s, %s, %s)",
-                rows,
-            )
-    return ids
 
 
 def chat_latencies(client: object, n: int, tag: str) -> list[float]:
@@ -72,12 +51,15 @@ def chat_latencies(client: object, n: int, tag: str) -> list[float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--turns", type=int, default=300)
-    ap.add_argument("--backlog", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+def run(
+    quick: bool = False,
+    turns: int | None = None,
+    backlog: int | None = None,
+    rounds: int | None = None,
+) -> dict[str, Any]:
+    turns = turns or (60 if quick else 300)
+    backlog = backlog or (300 if quick else 1000)
+    rounds = rounds or (1 if quick else 3)
     with scratch_stack() as env:
         env = {**env, **POLICY}
         from producer import Client
@@ -95,52 +77,61 @@ def main() -> None:
             "b6summ",
             ready=WORKER_READY,
         )
-        chat.start()
-        try:
-            summ.start()
-            settings = Settings(**{"namespace": ns})
-            app = make_celery(settings)
-            r = redis.Redis.from_url(env["TURNQ_REDIS_URL"])
-            sessions = seed_sessions(
-                env["TURNQ_DATABASE_URL"].replace("+psycopg", ""), args.backlog
-            )
-            client = Client.from_settings()
-        except BaseException:  # never leave workers behind on a failed setup
-            chat.stop()
-            summ.stop()
-            raise
         idle: list[float] = []
         busy: list[float] = []
         depth: list[int] = []
-        rounds: list[tuple[float, float]] = []
-        try:
-            chat_latencies(client, 30, "warm")
-            for rnd in range(args.rounds):
-                idle_r = chat_latencies(client, args.turns, f"idle{rnd}")
-                idle += idle_r
-                for sid in sessions:
-                    app.send_task(keys.COMPACT_TASK, args=[sid])
-                depth.append(int(r.llen(ns + "summarize")))
-                busy_r = chat_latencies(client, args.turns, f"busy{rnd}")
-                busy += busy_r
-                rounds.append((pct(idle_r, 99), pct(busy_r, 99)))
-                depth.append(int(r.llen(ns + "summarize")))
-                r.delete(
-                    ns + "summarize"
-                )  # drop the rest of the backlog before the next idle phase
-                time.sleep(1.0)
-        finally:
-            client.close()
-            chat.stop()
-            summ.stop()
-    ratio = pct(busy, 99) / pct(idle, 99)
+        per_round: list[tuple[float, float]] = []
+        with running([chat, summ]):
+            app = make_celery(Settings(**{"namespace": ns}))
+            r = redis.Redis.from_url(env["TURNQ_REDIS_URL"])
+            sessions = seed_sessions(pg_url(env), backlog, 40, "backlog")
+            with Client.from_settings() as client:
+                chat_latencies(client, 30, "warm")
+                meter = Meter([chat.pid]).start()
+                for rnd in range(rounds):
+                    idle_r = chat_latencies(client, turns, f"idle{rnd}")
+                    idle += idle_r
+                    for sid in sessions:
+                        app.send_task(keys.COMPACT_TASK, args=[sid])
+                    depth.append(int(r.llen(ns + "summarize")))
+                    busy_r = chat_latencies(client, turns, f"busy{rnd}")
+                    busy += busy_r
+                    per_round.append((pct(idle_r, 99), pct(busy_r, 99)))
+                    depth.append(int(r.llen(ns + "summarize")))
+                    r.delete(ns + "summarize")  # drop the rest before the next idle phase
+                    time.sleep(1.0)
+                usage = meter.stop()
+            r.close()
+    return {
+        "turns": turns,
+        "backlog": backlog,
+        "rounds": rounds,
+        "idle_p50_ms": median(idle),
+        "idle_p99_ms": pct(idle, 99),
+        "busy_p50_ms": median(busy),
+        "busy_p99_ms": pct(busy, 99),
+        "ratio": pct(busy, 99) / pct(idle, 99),
+        "round_ratio": median([b / a for a, b in per_round]),
+        "queue_depth": depth,
+        "cpu_ms_per_turn": usage.cpu_ms_per(len(idle) + len(busy)),
+        "peak_mb_per_worker": usage.peak_mb_per_worker,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--turns", type=int, default=300)
+    ap.add_argument("--backlog", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    d = run(False, args.turns, args.backlog, args.rounds)
     rows = [
-        ["no backlog", f"{median(idle):.2f}", f"{pct(idle, 99):.2f}", "-", ""],
+        ["no backlog", f"{d['idle_p50_ms']:.2f}", f"{d['idle_p99_ms']:.2f}", "-", ""],
         [
             f"{args.backlog} compactions pending",
-            f"{median(busy):.2f}",
-            f"{pct(busy, 99):.2f}",
-            f"{ratio:.2f}x",
+            f"{d['busy_p50_ms']:.2f}",
+            f"{d['busy_p99_ms']:.2f}",
+            f"{d['ratio']:.2f}x",
             "p99 within 10% (<= 1.10x)",
         ],
     ]
@@ -151,9 +142,8 @@ def main() -> None:
             rows,
         )
     )
-    print("summarize queue depth at start/end of each busy phase:", depth)
-    print("per-round p99 (idle, busy) ms:", [(round(a, 2), round(b, 2)) for a, b in rounds])
-    print("median of per-round p99 ratios:", round(median([b / a for a, b in rounds]), 3))
+    print("summarize queue depth at start/end of each busy phase:", d["queue_depth"])
+    print("median of per-round p99 ratios:", round(d["round_ratio"], 3))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import secrets
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -180,3 +181,36 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
             out.append(line)
     out.append(line)
     return "\n".join(out)
+
+
+FILLER = "The quarterly report is due on Friday; remember the figures for region {0}. " * 3
+
+
+def history_item(p: int) -> dict[str, object]:
+    """Item ``p`` of a seeded transcript: user and assistant messages in turn."""
+    if p % 2 == 0:
+        return {"role": "user", "content": FILLER.format(p)}
+    return {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "Noted.", "annotations": []}],
+    }
+
+
+def seed_sessions(database_url: str, n: int, items: int, prefix: str = "seeded") -> list[str]:
+    """n sessions with ``items`` uncompacted items each, inserted directly; their keys
+    are f"{prefix}-{k}" (user "bench"); returns their ids."""
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    rows = [(p, json.dumps(history_item(p)), 60) for p in range(items)]
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        for k, sid in enumerate(ids):
+            cur.execute(
+                "INSERT INTO sessions (id, user_id, key, turn_count, item_count, context_tokens) "
+                "VALUES (%s, 'bench', %s, %s, %s, %s)",
+                (sid, f"{prefix}-{k}", items // 2, items, 60 * items),
+            )
+            cur.executemany(
+                "INSERT INTO items (session_id, position, item, tokens) VALUES (%s, %s, %s, %s)",
+                [(sid, *r) for r in rows],
+            )
+    return ids

@@ -77,10 +77,8 @@ def server_pids() -> dict[str, int]:
     with psycopg.connect(PG_ADMIN) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
-        backend = psutil.Process(int(row[0]))
-    parent = backend.parent()
-    assert parent is not None
-    return {"redis": redis_pid, "postgres": parent.pid}
+        postmaster = psutil.Process(int(row[0])).ppid()  # while the backend lives
+    return {"redis": redis_pid, "postgres": postmaster}
 
 
 @dataclass
