@@ -46,6 +46,22 @@ def _loopback_only(self: socket.socket, address: object) -> object:
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="tests/chaos: loop each fault at random for SECONDS (same as TURNQ_SOAK_S)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    soak = config.getoption("--soak")
+    if soak:
+        os.environ["TURNQ_SOAK_S"] = str(soak)
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
