@@ -203,6 +203,7 @@ def from_turnq_error(exc: TurnqError) -> ApiProblem:
     return ApiProblem(500, exc.code, "Internal error", "the request could not be completed")
 
 
+MAX_FIELD_CHARS = 100
 _ID_RULE = "may contain only letters, digits and . _ : @ - (and must start with a letter or digit)"
 _FRIENDLY = {  # (field or "*", pydantic error type): message
     ("*", "uuid_parsing"): "must be a turn id (a UUID, as returned when the turn was accepted)",
@@ -224,6 +225,8 @@ def _field_errors(errors: Sequence[Any]) -> list[FieldError]:
         where = loc[0] if loc and loc[0] in ("body", "path", "query", "header") else None
         rest = loc[1:] if where else loc
         field, kind = ".".join(rest), str(e.get("type"))
+        if len(field) > MAX_FIELD_CHARS:  # an unknown key is the caller's text: never echo it all
+            field = field[:MAX_FIELD_CHARS] + "…"
         message = _FRIENDLY.get((field, kind)) or _FRIENDLY.get(("*", kind)) or str(e.get("msg"))
         out.append(FieldError(field=field or where or "request", location=where, message=message))
     return out

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from producer import Client
@@ -32,7 +32,7 @@ from shared.errors import (
     TurnqError,
 )
 from shared.status import TurnStatus
-from tests.support.adversarial import ALL, hostile_id, hostile_text
+from tests.support.adversarial import ALL, fuzz_settings, hostile_content, hostile_id
 from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
 
@@ -138,16 +138,11 @@ def test_hostile_turns_are_refused_or_round_trip_through_a_worker(
     accepted: list[Accepted] = []
     outcomes: dict[str, int] = {}
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @fuzz_settings(EXAMPLES)
     @given(
         hostile=st.sampled_from(["content", "content", "session", "user", "idem", "strategy"]),
         value=hostile_id(),
-        content=st.one_of(hostile_text(), st.sampled_from(ALL).map(lambda s: f"say {s}")),
+        content=hostile_content(),
         fresh=st.booleans(),
     )
     def one(hostile: str, value: str, content: str, fresh: bool) -> None:

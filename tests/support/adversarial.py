@@ -8,6 +8,7 @@ Hypothesis strategies mix them with arbitrary text, so a failure shrinks to one 
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 SQL = [
@@ -71,4 +72,19 @@ def hostile_id() -> st.SearchStrategy[str]:
             "".join
         ),
         st.sampled_from([129, 10_000, 1_000_000]).map(lambda n: "a" * n),
+    )
+
+
+def hostile_content() -> st.SearchStrategy[str]:
+    """Hostile text alone, or after ordinary words (so some of it is accepted)."""
+    return st.one_of(hostile_text(), st.sampled_from(ALL).map(lambda s: f"say {s}"))
+
+
+def fuzz_settings(examples: int) -> settings:
+    """A bounded run against live processes: no deadline, no example database."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
