@@ -268,17 +268,14 @@ class Store:
                 await conn.execute(
                     text(
                         f"SELECT {_TURN_COLUMNS} FROM turns t JOIN sessions s "
-                        "ON s.id = t.session_id WHERE t.id = :id"
+                        "ON s.id = t.session_id WHERE t.id = :id "
+                        "AND (CAST(:u AS text) IS NULL OR s.user_id = :u)"
                     ),
-                    {"id": turn_id},
+                    {"id": turn_id, "u": user_id},
                 )
             ).first()
-        if row is None:
-            return None
-        turn = _turn(row)
-        if user_id is not None and turn.user_id != user_id:
-            return None
-        return turn
+        # Another user's turn is filtered in the same query, so it costs what a missing one does.
+        return _turn(row) if row is not None else None
 
     async def get_session(self, user_id: str, key: str) -> SessionRecord | None:
         async with self.engine.connect() as conn:

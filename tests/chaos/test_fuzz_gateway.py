@@ -29,8 +29,8 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from tests.support.adversarial import ALL, fuzz_settings, hostile_content, hostile_id
+from tests.support.chaos_stack import gateway_and_worker
 from tests.support.workers import WorkerProcess
-from tests.system.conftest import FAST_RECOVERY
 from tests.system.test_gateway_support import Api, GatewayProcess, new_key
 
 pytestmark = [pytest.mark.chaos, pytest.mark.system]
@@ -181,12 +181,7 @@ def transcript(api: Api, session: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def target(stack_env: dict[str, str], database_url: str) -> Iterator[Target]:
-    rate = {"TURNQ_GATEWAY_RATE_PER_S": "100000", "TURNQ_GATEWAY_RATE_BURST": "100000"}
-    gateway = GatewayProcess({**stack_env, **rate}, "gateway-chaos")
-    env = {**stack_env, **FAST_RECOVERY, "TURNQ_AGENT": "tests.agents:echo"}
-    worker = WorkerProcess(env, name=f"fuzz-gw-{secrets.token_hex(3)}", concurrency=8)
-    gateway.start()
-    worker.start()
+    gateway, worker = gateway_and_worker(stack_env, "fuzz-gw")
     uid = secrets.token_hex(4)
     key = new_key(database_url, f"victim-{uid}")
     api = Api(gateway.url, key)
