@@ -31,7 +31,7 @@ from benchmarks.common import (
     wait_raw_results,
     wait_turns,
 )
-from benchmarks.resources import Meter
+from benchmarks.resources import Meter, server_pids
 from ops.processes import ManagedProcess
 
 PROCESSES = 2
@@ -40,15 +40,21 @@ ECHO = {"TURNQ_AGENT": "tests.agents:echo"}
 
 
 def drain_turnq(
-    env: dict[str, str], workers: Sequence[ManagedProcess], keys: Sequence[str]
+    env: dict[str, str],
+    workers: Sequence[ManagedProcess],
+    keys: Sequence[str],
+    also_meter: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Enqueue one turn per key with the workers paused, resume them, time the drain."""
+    """Enqueue one turn per key with the workers paused, resume them, time the drain.
+
+    ``also_meter``: more processes whose CPU counts (role -> pid), e.g. a stub model."""
     for w in workers:
         w.pause()
     try:
-        ids = enqueue_many(keys)
+        ids = enqueue_many(keys, namespace=workers[0].env["TURNQ_NAMESPACE"])
     finally:
-        meter = Meter([w.pid for w in workers]).start()
+        meter = Meter([w.pid for w in workers], servers={**server_pids(), **(also_meter or {})})
+        meter.start()
         t0 = time.time()
         for w in workers:
             w.resume()

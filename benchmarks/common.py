@@ -53,7 +53,7 @@ def scratch_stack() -> Iterator[dict[str, str]]:
 
 
 def turnq_worker(env: dict[str, str], name: str, concurrency: int, **extra: str) -> ManagedProcess:
-    ns = env["TURNQ_NAMESPACE"]
+    ns = extra.get("TURNQ_NAMESPACE", env["TURNQ_NAMESPACE"])
     cmd = worker_command(
         name=name, queues=[ns + "turns", ns + "maintenance"], concurrency=concurrency,
         loglevel="WARNING",
@@ -88,10 +88,14 @@ def running(procs: Sequence[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
         yield list(procs)
 
 
-def enqueue_many(keys: Sequence[str], user: str = "bench", parallel: int = 16) -> list[str]:
+def enqueue_many(
+    keys: Sequence[str], user: str = "bench", parallel: int = 16, namespace: str | None = None
+) -> list[str]:
     """Enqueue one turn per key (keys may repeat: turns of one session), in this order
-    per session; returns the turn ids."""
+    per session, kicking the workers of ``namespace`` (default: the environment's);
+    returns the turn ids."""
     from producer import AsyncClient
+    from shared.settings import Settings
 
     async def go() -> list[str]:
         by_session: dict[str, list[int]] = {}
@@ -99,7 +103,8 @@ def enqueue_many(keys: Sequence[str], user: str = "bench", parallel: int = 16) -
             by_session.setdefault(k, []).append(i)
         ids = [""] * len(keys)
         gate = asyncio.Semaphore(parallel)
-        async with AsyncClient.from_settings() as client:
+        settings = Settings(**({"namespace": namespace} if namespace else {}))
+        async with AsyncClient.from_settings(settings) as client:
 
             async def one_session(k: str, idx: list[int]) -> None:
                 async with gate:

@@ -6,16 +6,12 @@ production defaults are the same code with larger numbers.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 
-from ops.processes import ManagedProcess
 from producer import Client
-from tests.support.servers import free_port
+from tests.support.stub_llm import StubLLM, stub_llm_process
 from tests.support.workers import BeatProcess, WorkerProcess
 
 FAST_RECOVERY = {
@@ -70,33 +66,7 @@ def start_beat(worker_env: dict[str, str]) -> Iterator[object]:
         p.stop()
 
 
-class StubLLM:
-    """`turnq stub-llm` as a real process on a loopback port, with its control API."""
-
-    def __init__(self, proc: ManagedProcess, url: str) -> None:
-        self.proc = proc
-        self.url = url
-
-    def configure(self, **config: object) -> None:
-        httpx.post(f"{self.url}/_stub/config", json=config, timeout=5).raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/_stub/stats", timeout=5)
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-        return data
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_stub/reset", timeout=5).raise_for_status()
-
-
 @pytest.fixture
 def stub_llm() -> Iterator[StubLLM]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "producer.cli", "stub-llm", "--port", str(port)]
-    proc = ManagedProcess(cmd, {}, "stub-llm", ready="stub LLM listening on")
-    proc.start()
-    try:
-        yield StubLLM(proc, f"http://127.0.0.1:{port}")
-    finally:
-        proc.stop()
+    with stub_llm_process() as stub:
+        yield stub
