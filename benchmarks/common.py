@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
@@ -80,11 +81,12 @@ def pg_url(env: dict[str, str]) -> str:
 
 @contextmanager
 def running(procs: Sequence[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
-    """Start every process (in order); stop them all on the way out, even if one failed."""
+    """Start every process (all at once); stop them all on the way out, even if one failed."""
     with ExitStack() as stack:
         for proc in procs:
             stack.callback(proc.stop)
-            proc.start()
+        with ThreadPoolExecutor(max(1, len(procs))) as pool:
+            list(pool.map(lambda p: p.start(), procs))
         yield list(procs)
 
 
