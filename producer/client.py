@@ -115,6 +115,11 @@ def _s(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _terminal_event(fields: dict[Any, Any]) -> bool:
+    event = {_s(k): _s(v) for k, v in fields.items()}
+    return event.get("type") == "status" and event.get("status") in _TERMINAL
+
+
 class AsyncClient:
     def __init__(self, settings: Settings, store: Store, redis: aioredis.Redis, celery: Celery):
         self.settings = settings
@@ -228,7 +233,11 @@ class AsyncClient:
         timeout: float = 60.0,  # noqa: ASYNC109 - the documented client API takes a timeout
         user_id: str | None = None,
     ) -> TurnResult:
-        """Block until the turn is terminal; woken by the worker's event, checked in Postgres."""
+        """Block until the turn is terminal; woken by the worker's event, checked in Postgres.
+
+        Postgres is read first, then whenever a terminal status event arrives or the
+        stream has been quiet for a second (a lost event never loses the answer).
+        """
         deadline = time.monotonic() + timeout
         key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
         last_id = "0-0"
@@ -236,18 +245,25 @@ class AsyncClient:
             result = await self.get_turn(turn_id, user_id)
             if result.terminal:
                 return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(f"turn {turn_id} still {result.status.value} after {timeout}s")
-            try:
-                got: Any = await self.redis.xread(
-                    {key: last_id}, block=max(1, int(min(remaining, 1.0) * 1000)), count=100
-                )
-                for _stream, entries in got or []:
-                    if entries:
-                        last_id = entries[-1][0]
-            except (RedisError, OSError):
-                await asyncio.sleep(min(remaining, 0.25))
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"turn {turn_id} still {result.status.value} after {timeout}s"
+                    )
+                try:
+                    got: Any = await self.redis.xread(
+                        {key: last_id}, block=max(1, int(min(remaining, 1.0) * 1000)), count=100
+                    )
+                except (RedisError, OSError):
+                    await asyncio.sleep(min(remaining, 0.25))
+                    break
+                entries = [e for _stream, batch in got or [] for e in batch]
+                if not entries:
+                    break  # quiet: check Postgres
+                last_id = entries[-1][0]
+                if any(_terminal_event(fields) for _id, fields in entries):
+                    break
 
     async def session(self, session_id: str, user_id: str) -> SessionRecord:
         check_id("session_id", session_id, self.settings.max_id_length)
@@ -313,7 +329,7 @@ class AsyncClient:
                     event = {_s(k): _s(v) for k, v in fields.items()}
                     quiet_since = time.monotonic()
                     yield last, event
-                    if event.get("type") == "status" and event.get("status") in _TERMINAL:
+                    if _terminal_event(event):
                         return
             if not got:
                 turn = await self.get_turn(turn_id, user_id)

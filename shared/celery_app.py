@@ -72,7 +72,7 @@ def make_celery(settings: Settings, *, main: str = "turnq") -> Celery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=settings.task_events,
-        task_send_sent_event=settings.task_events,
+        task_send_sent_event=False,  # a publish per kick; Flower learns of tasks from workers
         worker_hijack_root_logger=False,
         task_default_queue=queue(TURNS_QUEUE, ns),
         # Namespaced control and event exchanges: Flower and `celery inspect` on a shared

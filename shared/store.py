@@ -15,13 +15,17 @@ succeeded, so retries never duplicate history (I4).
 from __future__ import annotations
 
 import json
+import select
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+import psycopg
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shared.errors import Fenced, IdempotencyConflict, SessionBusy
@@ -34,15 +38,37 @@ Item = dict[str, Any]
 def create_engine(
     database_url: str, *, pool_size: int = 10, pool_timeout: float = 30.0
 ) -> AsyncEngine:
-    """A bounded pool: waiting for a connection beats exhausting ``max_connections``."""
-    return create_async_engine(
+    """A bounded pool: waiting for a connection beats exhausting ``max_connections``.
+
+    Instead of SQLAlchemy's ``pool_pre_ping`` (a round trip on every checkout, ~5 per
+    turn), a checked-out connection is tested locally: an idle connection has nothing
+    to read, so a readable socket means the server closed it (a restart, an idle
+    timeout) and the pool replaces it before anyone uses it.
+    """
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max(1, pool_size // 2),
         pool_timeout=pool_timeout,
-        pool_pre_ping=True,
         pool_recycle=1800,
     )
+    event.listen(engine.sync_engine, "checkout", _discard_if_closed)
+    return engine
+
+
+def _discard_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    conn = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    pgconn = getattr(conn, "pgconn", None)
+    if pgconn is None:
+        return
+    try:
+        if conn.closed or pgconn.status != 0:  # 0: CONNECTION_OK
+            raise DisconnectionError("connection closed")
+        readable, _, _ = select.select([pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error) as exc:
+        raise DisconnectionError(str(exc)) from exc
+    if readable:
+        raise DisconnectionError("the server closed the connection")
 
 
 def estimate_tokens(item: object) -> int:
@@ -105,10 +131,40 @@ class Context:
     summary_items: list[Item] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a session: its fence, the turn to run now (if any) with its context."""
+
+    fence: int
+    turn: TurnRecord | None
+    context: Context | None
+    gave_up: list[str] = field(default_factory=list)
+
+
+FENCED_SQLSTATE = "TQ001"  # raised by turnq_claim / turnq_complete (migration 0005)
+
 _TURN_COLUMNS = """
     t.id::text AS id, t.session_id::text AS session_id, t.seq, t.status, t.input, t.output,
     t.error, t.attempts, t.usage, t.context_tokens, t.idempotency_key, t.queued_at,
     t.started_at, t.finished_at, s.user_id, s.key AS session_key
+"""
+
+
+# The common enqueue (no idempotency key, strategy "enqueue") as one statement: the
+# session upsert takes the session row's lock for the statement, as in the general path.
+_ENQUEUE = f"""
+WITH s AS (
+    INSERT INTO sessions (id, user_id, key, turn_count)
+    VALUES (:new_id, :user_id, :key, 1)
+    ON CONFLICT (user_id, key) DO UPDATE
+        SET turn_count = sessions.turn_count + 1, updated_at = now()
+    RETURNING id, user_id, key, turn_count
+), t AS (
+    INSERT INTO turns (id, session_id, seq, input)
+    SELECT :id, s.id, s.turn_count, :input FROM s
+    RETURNING *
+)
+SELECT {_TURN_COLUMNS} FROM t JOIN s ON s.id = t.session_id
 """
 
 
@@ -140,6 +196,26 @@ def _session(row: Any) -> SessionRecord:
     return SessionRecord(**m)
 
 
+def _context(row: Any) -> Context:
+    m = row._mapping
+    return Context(
+        summary=m["summary"],
+        items=list(m["items"] or []),
+        first_position=int(m["compaction_mark"]),
+        summary_items=list(m["summary_items"] or []),
+    )
+
+
+def _claim(row: Any) -> Claim:
+    claimed = row.id is not None
+    return Claim(
+        fence=int(row.fence),
+        turn=_turn(row) if claimed else None,
+        context=_context(row) if claimed else None,
+        gave_up=list(row.gave_up or []),
+    )
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -163,6 +239,12 @@ class Store:
         numbers have no gaps and no duplicates, and the multitask decision sees a stable
         set of pending turns.
         """
+        if idempotency_key is None and multitask is Multitask.ENQUEUE:
+            row = await self._call(_ENQUEUE, {
+                "new_id": str(uuid.uuid4()), "user_id": user_id, "key": key,
+                "id": str(uuid.uuid4()), "input": content,
+            })  # fmt: skip
+            return _turn(row), True, []
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
@@ -263,7 +345,7 @@ class Store:
         return [r[0] for r in rows]
 
     async def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._autocommit() as conn:
             row = (
                 await conn.execute(
                     text(
@@ -278,7 +360,7 @@ class Store:
         return _turn(row) if row is not None else None
 
     async def get_session(self, user_id: str, key: str) -> SessionRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._autocommit() as conn:
             row = (
                 await conn.execute(
                     text("SELECT * FROM sessions WHERE user_id = :u AND key = :k"),
@@ -288,7 +370,7 @@ class Store:
         return _session(row) if row is not None else None
 
     async def get_session_by_id(self, session_id: str) -> SessionRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._autocommit() as conn:
             row = (
                 await conn.execute(
                     text("SELECT * FROM sessions WHERE id = :id"), {"id": session_id}
@@ -308,12 +390,12 @@ class Store:
         if limit is not None:
             sql += " LIMIT :limit"
             params["limit"] = limit
-        async with self.engine.connect() as conn:
+        async with self._autocommit() as conn:
             rows = (await conn.execute(text(sql), params)).all()
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def turns_of(self, session_id: str) -> list[TurnRecord]:
-        async with self.engine.connect() as conn:
+        async with self._autocommit() as conn:
             rows = (
                 await conn.execute(
                     text(
@@ -326,98 +408,59 @@ class Store:
         return [_turn(r) for r in rows]
 
     # ------------------------------------------------------------------ worker
-    async def bump_fence(self, session_id: str) -> int | None:
-        """Called right after taking the session lock: invalidates every older holder."""
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text("UPDATE sessions SET fence = fence + 1 WHERE id = :sid RETURNING fence"),
-                    {"sid": session_id},
-                )
-            ).first()
-        return int(row[0]) if row is not None else None
+    async def claim(
+        self, session_id: str, fence: int | None, max_attempts: int | None
+    ) -> Claim | None:
+        """Claim the session's lowest pending turn with its context, in one round trip.
 
-    async def claim_next(
-        self, session_id: str, fence: int, max_attempts: int
-    ) -> tuple[TurnRecord | None, list[TurnRecord]]:
-        """Mark the session's lowest pending turn running under ``fence``.
-
+        ``fence`` None bumps the session's fence (call it right after taking the lock:
+        every older holder is invalidated), else the fence is checked (Fenced if stale).
         A turn that already used ``max_attempts`` (it keeps killing its workers) is
-        failed instead of run again; those are returned second so the caller can
-        announce them.  Raises Fenced if another worker has taken the session.
+        failed instead of run again (``Claim.gave_up``).  ``max_attempts`` None claims
+        nothing.  None: the session is gone.
         """
-        gave_up: list[TurnRecord] = []
-        async with self.engine.begin() as conn:
-            await self._check_fence(conn, session_id, fence)
-            while True:
-                row = (
-                    await conn.execute(
-                        text(
-                            f"SELECT {_TURN_COLUMNS} FROM turns t JOIN sessions s "
-                            "ON s.id = t.session_id WHERE t.session_id = :sid "
-                            "AND t.status IN ('queued', 'running') ORDER BY t.seq LIMIT 1"
-                        ),
-                        {"sid": session_id},
-                    )
-                ).first()
-                if row is None:
-                    return None, gave_up
-                turn = _turn(row)
-                if turn.attempts >= max_attempts:
-                    await self._finish(
-                        conn,
-                        turn.id,
-                        fence,
-                        TurnStatus.FAILED,
-                        error=f"gave up after {turn.attempts} attempts that did not finish "
-                        "(its worker died or lost Postgres/Redis each time)",
-                        check_fence=False,
-                    )
-                    gave_up.append(turn)
-                    continue
-                row = (
-                    await conn.execute(
-                        text(
-                            f"""
-                    WITH t AS (
-                        UPDATE turns SET status = 'running', attempts = attempts + 1,
-                            started_at = now(), fence = :fence
-                        WHERE id = :id RETURNING *
-                    )
-                    SELECT {_TURN_COLUMNS} FROM t JOIN sessions s ON s.id = t.session_id
-                    """
-                        ),
-                        {"id": turn.id, "fence": fence},
-                    )
-                ).one()
-                return _turn(row), gave_up
-
-    async def load_context(self, session_id: str) -> Context:
-        async with self.engine.connect() as conn:
-            srow = (
-                await conn.execute(
-                    text(
-                        "SELECT summary, compaction_mark, summary_items FROM sessions "
-                        "WHERE id = :sid"
-                    ),
-                    {"sid": session_id},
-                )
-            ).one()
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT item FROM items WHERE session_id = :sid AND position >= :mark "
-                        "ORDER BY position"
-                    ),
-                    {"sid": session_id, "mark": srow[1]},
-                )
-            ).all()
-        return Context(
-            summary=srow[0],
-            items=[r[0] for r in rows],
-            first_position=srow[1],
-            summary_items=list(srow[2] or []),
+        row = await self._call(
+            "SELECT * FROM turnq_claim(:sid, :fence, :max)",
+            {"sid": session_id, "fence": fence, "max": max_attempts},
         )
+        return _claim(row) if row is not None else None
+
+    async def complete_and_claim(
+        self,
+        turn: TurnRecord,
+        fence: int,
+        new_items: Sequence[Item],
+        output: str | None,
+        usage: dict[str, Any] | None,
+        context_tokens: int | None,
+        max_attempts: int | None,
+    ) -> tuple[int, TurnStatus, Claim]:
+        """Append the turn's items and finish it, then claim the next: one fenced statement.
+
+        A cancel request recorded meanwhile decides the outcome here, under the turn's
+        row lock: ``rollback`` writes no items, ``interrupt`` keeps them (the caller
+        passes them repaired); both end ``cancelled``.  Returns the session's context
+        size after the turn, the status the turn ended with and the next claim
+        (``max_attempts`` None: claim nothing).
+        """
+        row = await self._call(
+            "SELECT * FROM turnq_complete(:sid, :fence, :tid, CAST(:items AS jsonb), :tokens, "
+            ":output, CAST(:usage AS jsonb), :ctx, :max)",
+            {
+                "sid": turn.session_id,
+                "fence": fence,
+                "tid": turn.id,
+                "items": json.dumps(list(new_items), ensure_ascii=False),
+                "tokens": [estimate_tokens(i) for i in new_items],
+                "output": output,
+                "usage": json.dumps(usage) if usage is not None else None,
+                "ctx": context_tokens,
+                "max": max_attempts,
+            },
+        )
+        if row is None:
+            raise Fenced(f"session {turn.session_id} is gone")
+        return int(row.after_tokens), TurnStatus(row.final_status), _claim(row)
 
     async def complete_turn(
         self,
@@ -428,90 +471,43 @@ class Store:
         usage: dict[str, Any] | None,
         context_tokens: int | None,
     ) -> tuple[int, TurnStatus]:
-        """Append the turn's items and finish it, atomically and fenced.
+        """``complete_and_claim`` without claiming the next turn."""
+        after, status, _ = await self.complete_and_claim(
+            turn, fence, new_items, output, usage, context_tokens, max_attempts=None
+        )
+        return after, status
 
-        A cancel request recorded meanwhile decides the outcome here, under the turn's
-        row lock: ``rollback`` writes no items, ``interrupt`` keeps them (the caller
-        passes them repaired); both end ``cancelled``.  Returns the session's context
-        size after the turn and the status the turn ended with.
-        """
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        """
-                WITH s AS (SELECT id FROM sessions WHERE id = :sid AND fence = :fence FOR UPDATE),
-                     t AS (SELECT cancel_mode FROM turns WHERE id = :tid FOR UPDATE)
-                SELECT t.cancel_mode FROM s, t
-                """
-                    ),
-                    {"sid": turn.session_id, "fence": fence, "tid": turn.id},
-                )
-            ).first()
-            if row is None:
-                raise Fenced(f"session {turn.session_id}: fence {fence} is stale")
-            cancel_mode = row[0]
-            status = TurnStatus.SUCCEEDED if cancel_mode is None else TurnStatus.CANCELLED
-            if cancel_mode == "rollback":
-                new_items, context_tokens = [], None
-            tokens = [estimate_tokens(i) for i in new_items]
-            counts = (
-                await conn.execute(
-                    text(
-                        """
-                UPDATE sessions SET item_count = item_count + :n, updated_at = now(),
-                    transcript_tokens = transcript_tokens + :tokens,
-                    context_tokens = COALESCE(:ctx, context_tokens)
-                WHERE id = :sid
-                RETURNING item_count, context_tokens
-                """
-                    ),
-                    {
-                        "n": len(new_items),
-                        "tokens": sum(tokens),
-                        "ctx": context_tokens,
-                        "sid": turn.session_id,
-                    },
-                )
-            ).one()
-            first = int(counts[0]) - len(new_items)
-            if new_items:
-                await conn.execute(
-                    text(
-                        "INSERT INTO items (session_id, position, turn_id, item, tokens) "
-                        "VALUES (:sid, :pos, :tid, CAST(:item AS jsonb), :tokens)"
-                    ),
-                    [
-                        {
-                            "sid": turn.session_id,
-                            "pos": first + i,
-                            "tid": turn.id,
-                            "item": json.dumps(item, ensure_ascii=False),
-                            "tokens": tokens[i],
-                        }
-                        for i, item in enumerate(new_items)
-                    ],
-                )
-            await self._finish(
-                conn,
-                turn.id,
-                fence,
-                status,
-                output=output if cancel_mode != "rollback" else None,
-                error=f"cancelled ({cancel_mode})" if cancel_mode else None,
-                usage=usage,
-                context_tokens=context_tokens,
-                check_fence=False,
-            )
-            return int(counts[1]), status
+    async def bump_fence(self, session_id: str) -> int | None:
+        """Invalidate every older holder of the session; None if the session is gone."""
+        claimed = await self.claim(session_id, None, None)
+        return claimed.fence if claimed is not None else None
+
+    async def claim_next(
+        self, session_id: str, fence: int, max_attempts: int
+    ) -> tuple[TurnRecord | None, list[str]]:
+        """``claim`` under a held fence: (the turn, ids of turns given up on)."""
+        claimed = await self.claim(session_id, fence, max_attempts)
+        if claimed is None:
+            raise Fenced(f"session {session_id} is gone")
+        return claimed.turn, claimed.gave_up
+
+    async def load_context(self, session_id: str) -> Context:
+        row = await self._call(
+            """
+            SELECT s.summary, s.compaction_mark, s.summary_items,
+                (SELECT COALESCE(jsonb_agg(i.item ORDER BY i.position), '[]'::jsonb)
+                 FROM items i WHERE i.session_id = s.id AND i.position >= s.compaction_mark)
+                AS items
+            FROM sessions s WHERE s.id = :sid
+            """,
+            {"sid": session_id},
+        )
+        if row is None:
+            raise LookupError(f"session {session_id} does not exist")
+        return _context(row)
 
     async def cancel_mode(self, turn_id: str) -> str | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT cancel_mode FROM turns WHERE id = :id"), {"id": turn_id}
-                )
-            ).first()
+        row = await self._call("SELECT cancel_mode FROM turns WHERE id = :id", {"id": turn_id})
         return row[0] if row is not None else None
 
     async def fail_turn(self, turn: TurnRecord, fence: int, error: str) -> None:
@@ -520,22 +516,17 @@ class Store:
             await self._finish(conn, turn.id, fence, TurnStatus.FAILED, error=error)
 
     async def has_pending(self, session_id: str) -> bool:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT 1 FROM turns WHERE session_id = :sid "
-                        "AND status IN ('queued', 'running') LIMIT 1"
-                    ),
-                    {"sid": session_id},
-                )
-            ).first()
+        row = await self._call(
+            "SELECT 1 FROM turns WHERE session_id = :sid "
+            "AND status IN ('queued', 'running') LIMIT 1",
+            {"sid": session_id},
+        )
         return row is not None
 
     # ------------------------------------------------------------------ reaper
     async def stale_sessions(self, stale_s: float, limit: int) -> list[str]:
         """Sessions with a pending turn whose last kick is older than ``stale_s``."""
-        async with self.engine.connect() as conn:
+        async with self._autocommit() as conn:
             rows = (
                 await conn.execute(
                     text(
@@ -565,6 +556,27 @@ class Store:
             )
 
     # ------------------------------------------------------------------ helpers
+    @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose statements commit alone: reads cost one round trip each."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    async def _call(self, sql: str, params: dict[str, Any]) -> Any:
+        """One statement in autocommit mode: no BEGIN/COMMIT round trips; its first row.
+
+        The worker's steps are single statements (migration 0005's functions), so this
+        is a whole transaction.  A stale fence (SQLSTATE TQ001) is raised as Fenced.
+        """
+        async with self._autocommit() as conn:
+            try:
+                return (await conn.execute(text(sql), params)).first()
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) == FENCED_SQLSTATE:
+                    raise Fenced(str(exc.orig).splitlines()[0]) from None
+                raise
+
     async def _check_fence(self, conn: AsyncConnection, session_id: str, fence: int) -> None:
         row = (
             await conn.execute(

@@ -2,7 +2,8 @@
 
     cancels = CancelListener(rt)          # one per worker process: one SUBSCRIBE
     stop = cancels.register(turn_id)      # an asyncio.Event set when a cancel arrives
-    result = await stream_run(rt, turn_id, model_input, run_config, stop)
+    outbox = Outbox(rt, turn_id)           # events go out in order, batched
+    result = await stream_run(rt, agent, turn_id, model_input, run_config, stop, outbox)
 
 Events (``keys.events_key``): ``delta`` (text), ``tool_call``, ``tool_output``,
 ``retry``; status events come from ``workers/turn.py``.  Clients read them through
@@ -83,6 +84,7 @@ async def stream_run(
     model_input: list[Any],
     run_config: RunConfig,
     stop: asyncio.Event,
+    outbox: Outbox,
 ) -> RunResultStreaming:
     result = Runner.run_streamed(agent, model_input, run_config=run_config)
 
@@ -96,12 +98,42 @@ async def stream_run(
         async for event in result.stream_events():
             fields = describe(event)
             if fields is not None:
-                await publish(rt, turn_id, fields)
+                outbox.add(fields)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await outbox.flushed()
     return result
+
+
+class Outbox:
+    """A turn's stream events, sent in order without making the run wait for Redis.
+
+    One sender at a time takes everything queued so far in one pipeline, so a burst of
+    text deltas costs one round trip instead of one each.
+    """
+
+    def __init__(self, rt: Runtime, turn_id: str) -> None:
+        self.rt = rt
+        self.turn_id = turn_id
+        self.queued: list[dict[str, Any]] = []
+        self.sender: asyncio.Task[None] | None = None
+
+    def add(self, event: dict[str, Any]) -> None:
+        self.queued.append(event)
+        if self.sender is None or self.sender.done():
+            self.sender = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while self.queued:  # events added while a batch is in flight go in the next one
+            batch, self.queued = self.queued, []
+            await publish(self.rt, self.turn_id, *batch)
+
+    async def flushed(self) -> None:
+        """Wait until everything added so far is sent (or Redis gave up)."""
+        if self.sender is not None:
+            await self.sender
 
 
 def describe(event: Any) -> dict[str, str] | None:
@@ -134,13 +166,14 @@ def _get(raw: Any, name: str) -> Any:
     return raw.get(name) if isinstance(raw, dict) else getattr(raw, name, None)
 
 
-async def publish(rt: Runtime, turn_id: str, event: dict[str, Any]) -> None:
+async def publish(rt: Runtime, turn_id: str, *events: dict[str, Any]) -> None:
     """Tell waiters (client.wait, SSE) something happened; Postgres stays the truth."""
     key = keys.events_key(turn_id)
-    fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items()}
     with contextlib.suppress(RedisError, OSError):
         async with rt.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, fields, maxlen=10_000, approximate=True)  # type: ignore[arg-type]
-            if event.get("type") == "status":
+            for event in events:
+                fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items()}
+                pipe.xadd(key, fields, maxlen=10_000, approximate=True)  # type: ignore[arg-type]
+            if any(event.get("type") == "status" for event in events):
                 pipe.expire(key, rt.settings.events_ttl_s)
             await pipe.execute()

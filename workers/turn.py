@@ -4,9 +4,10 @@
 
 1. ``SET NX`` the session lock; if someone holds it, return at once: the holder
    will run our turn (I5: no countdown retry, no slot held while waiting).
-2. Bump the session's fence; every write below checks it (I1).
-3. Claim the lowest pending turn, run the agent on the session's context, and
-   commit its items + status in one fenced transaction (I2, I4).  Repeat.
+2. Bump the session's fence and claim the lowest pending turn with its context, in
+   one statement; every write below checks the fence (I1).
+3. Run the agent, then commit the turn's items + status and claim the next turn in
+   one fenced statement (I2, I4).  Repeat until nothing is pending.
 4. Release the lock, then look once more for a pending turn: a kick that arrived
    while we held the lock exited, so its turn is ours to run (closes the
    release/kick race).  Re-acquire if there is one.
@@ -28,11 +29,11 @@ from shared.compaction.turns import repair
 from shared.errors import Fenced
 from shared.locks import SessionLock
 from shared.sdk_session import summary_item
-from shared.store import Context, TurnRecord
+from shared.store import Claim, Context, TurnRecord
 from workers.compact import request_compaction
 from workers.context import CallBudget, updated_calibration
 from workers.runtime import Runtime
-from workers.streaming import publish, stream_run
+from workers.streaming import Outbox, publish, stream_run
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +65,22 @@ async def drain(rt: Runtime, session_id: str) -> int:
 
 
 async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
-    fence = await rt.store.bump_fence(session_id)
-    if fence is None:
+    claimed = await rt.store.claim(session_id, None, rt.settings.max_attempts)
+    if claimed is None:
         return 0  # session deleted since the kick
+    fence = claimed.fence
     me = asyncio.current_task()
     assert me is not None
     ran = 0
     try:
         async with lock.heartbeat(on_lost=me.cancel):
-            while not lock.lost and not rt.stopping:
-                turn, gave_up = await rt.store.claim_next(
-                    session_id, fence, rt.settings.max_attempts
-                )
-                for dead in gave_up:
-                    await publish(rt, dead.id, {"type": "status", "status": "failed"})
-                if turn is None:
+            while claimed is not None:
+                for dead in claimed.gave_up:
+                    await publish(rt, dead, {"type": "status", "status": "failed"})
+                if claimed.turn is None or claimed.context is None or lock.lost:
                     break
-                await publish(rt, turn.id, {"type": "status", "status": "running"})
-                t0 = metrics.turn_started(turn)
-                await run_turn(rt, turn, fence)
+                t0 = metrics.turn_started(claimed.turn)
+                claimed = await run_turn(rt, claimed.turn, claimed.context, fence)
                 metrics.TURN_RUN.observe(time.perf_counter() - t0)
                 ran += 1
     except asyncio.CancelledError:
@@ -96,25 +94,33 @@ async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
     return ran
 
 
-async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
-    context = await rt.store.load_context(turn.session_id)
+async def run_turn(rt: Runtime, turn: TurnRecord, context: Context, fence: int) -> Claim | None:
+    """Run one claimed turn and commit it; returns the session's next claim (I2: in order).
+
+    The commit and the next claim are one statement; a stopping worker claims nothing
+    more and hands the session on.
+    """
+    next_max = None if rt.stopping else rt.settings.max_attempts
     user_item: dict[str, Any] = {"role": "user", "content": turn.input}
     model_input = build_model_input(context, user_item)
     budget = CallBudget(rt.policy, rt.estimator, rt.overhead_tokens, rt.calibration)
     started = time.perf_counter()
+    outbox = Outbox(rt, turn.id)  # sent while the model runs: the turn never waits for Redis
+    outbox.add({"type": "status", "status": "running"})
     stop = rt.cancels.register(turn.id)
     try:
-        result = await _run_with_retries(rt, model_input, turn, budget, stop)
+        result = await _run_with_retries(rt, model_input, turn, budget, stop, outbox)
     except Exception as exc:
         error = _describe(exc)
         await rt.store.fail_turn(turn, fence, error)
-        await publish(rt, turn.id, {"type": "status", "status": "failed", "error": error})
+        outbox.add({"type": "status", "status": "failed", "error": error})
+        await outbox.flushed()
         metrics.TURNS.labels(status="failed").inc()
         log.warning(
             "turn failed",
             extra={"turn_id": turn.id, "session_id": turn.session_id, "error": error},
         )
-        return
+        return await rt.store.claim(turn.session_id, fence, next_max)
     finally:
         rt.cancels.unregister(turn.id)
         metrics.MODEL_SECONDS.observe(time.perf_counter() - started)
@@ -122,7 +128,7 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
     usage = result.context_wrapper.usage
     calls = [r.usage for r in result.raw_responses]
     context_tokens = _context_after(rt, budget, model_input, new_items, calls)
-    after, status = await rt.store.complete_turn(
+    after, status, claimed = await rt.store.complete_and_claim(
         turn,
         fence,
         new_items,
@@ -137,8 +143,10 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
             "model_seconds": round(time.perf_counter() - started, 4),
         },
         context_tokens=context_tokens,
+        max_attempts=next_max,
     )
-    await publish(rt, turn.id, {"type": "status", "status": status.value})
+    outbox.add({"type": "status", "status": status.value})
+    await outbox.flushed()
     metrics.TURNS.labels(status=status.value).inc()
     metrics.turn_finished(turn, status.value, usage)
     metrics.CONTEXT_TOKENS.observe(after)
@@ -146,6 +154,7 @@ async def run_turn(rt: Runtime, turn: TurnRecord, fence: int) -> None:
         metrics.TRIMS.inc()
     if after > rt.policy.trigger_tokens or budget.trimmed:
         await request_compaction(rt, turn.session_id)
+    return claimed
 
 
 def _context_after(
@@ -177,7 +186,12 @@ _PERMANENT = (UserError, MaxTurnsExceeded)
 
 
 async def _run_with_retries(
-    rt: Runtime, model_input: list[Any], turn: TurnRecord, budget: CallBudget, stop: asyncio.Event
+    rt: Runtime,
+    model_input: list[Any],
+    turn: TurnRecord,
+    budget: CallBudget,
+    stop: asyncio.Event,
+    outbox: Outbox,
 ) -> Any:
     """Model calls are at-least-once: transient failures retry in place, with backoff.
 
@@ -189,7 +203,9 @@ async def _run_with_retries(
     while True:
         try:
             async with asyncio.timeout(s.turn_timeout_s):
-                return await stream_run(rt, rt.agent, turn.id, model_input, run_config, stop)
+                return await stream_run(
+                    rt, rt.agent, turn.id, model_input, run_config, stop, outbox
+                )
         except _PERMANENT:
             raise
         except Exception as exc:
@@ -197,7 +213,7 @@ async def _run_with_retries(
                 raise
             attempt += 1
             delay = s.model_retry_backoff_s * 2 ** (attempt - 1)
-            await publish(rt, turn.id, {"type": "retry", "attempt": str(attempt)})
+            outbox.add({"type": "retry", "attempt": str(attempt)})
             log.info(
                 "model call failed; retrying",
                 extra={"turn_id": turn.id, "attempt": attempt, "error": type(exc).__name__},

@@ -217,7 +217,7 @@ async def test_turn_over_max_attempts_is_failed_by_claim_next(store: Store, uid:
     fence = await store.bump_fence(sid)
     assert fence is not None
     claimed, gave_up = await store.claim_next(sid, fence, max_attempts=2)
-    assert [t.id for t in gave_up] == [poison.id]
+    assert gave_up == [poison.id]
     assert claimed is not None and claimed.id == healthy.id  # the queue moves on
     failed = await store.get_turn(poison.id)
     assert failed is not None and failed.status is TurnStatus.FAILED
@@ -268,3 +268,45 @@ async def test_stale_sessions_and_mark_kicked(store: Store, uid: str) -> None:
     untouched = await _scalar(store, "SELECT last_kick_at FROM turns WHERE id = :id", id=done.id)
     assert untouched is None  # terminal turns are never marked
     await store.mark_kicked([])  # no-op, no SQL error
+
+
+# ---------------------------------------------------------------------- one round trip a step
+async def test_claim_returns_the_turn_with_its_context_in_one_call(store: Store, uid: str) -> None:
+    first, fence = await _running(store, f"u{uid}", f"s{uid}")
+    await store.complete_turn(first, fence, _items(2, "t1"), "answer 1", None, None)
+    second, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "second", None)
+
+    claimed = await store.claim(second.session_id, None, max_attempts=3)  # a new lock holder
+    assert claimed is not None and claimed.fence == fence + 1 and claimed.gave_up == []
+    assert claimed.turn is not None and claimed.turn.id == second.id
+    assert claimed.turn.status is TurnStatus.RUNNING and claimed.turn.attempts == 1
+    assert claimed.context == await store.load_context(second.session_id)
+    assert claimed.context is not None and claimed.context.items == _items(2, "t1")
+
+    idle = await store.claim(second.session_id, claimed.fence, max_attempts=None)
+    assert idle is not None and idle.turn is None and idle.context is None
+    assert await store.claim("00000000-0000-4000-8000-000000000000", None, 3) is None
+
+
+async def test_complete_and_claim_hands_over_the_next_turn_with_the_new_items(
+    store: Store, uid: str
+) -> None:
+    first, fence = await _running(store, f"u{uid}", f"s{uid}")
+    second, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "second", None)
+    after, status, nxt = await store.complete_and_claim(
+        first, fence, _items(2, "t1"), "answer 1", None, 40, max_attempts=3
+    )
+    assert (after, status) == (40, TurnStatus.SUCCEEDED)
+    assert nxt.fence == fence and nxt.turn is not None and nxt.turn.id == second.id
+    assert nxt.context is not None and nxt.context.items == _items(2, "t1")
+    assert nxt.turn.started_at is not None and nxt.turn.status is TurnStatus.RUNNING
+
+    _, _, last = await store.complete_and_claim(
+        nxt.turn, fence, _items(1, "t2"), "answer 2", None, None, max_attempts=3
+    )
+    assert last.turn is None and last.context is None
+    with pytest.raises(Fenced):  # finished: no longer ours to finish, nothing written twice
+        await store.complete_and_claim(nxt.turn, fence, _items(1, "x"), "x", None, None, 3)
+    assert [i for _, _, i in await store.history(first.session_id)] == (
+        _items(2, "t1") + _items(1, "t2")
+    )
