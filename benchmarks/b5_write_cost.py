@@ -64,7 +64,7 @@ class Cpu:
 
     def now(self) -> float:
         t = self.backend.cpu_times()
-        return time.process_time() + t.user + t.system
+        return time.process_time() + float(t.user + t.system)
 
 
 async def _timed(cpu: Cpu, fn: Callable[[], Awaitable[object]]) -> tuple[float, float]:

@@ -82,7 +82,7 @@ def run(
         depth: list[int] = []
         per_round: list[tuple[float, float]] = []
         with running([chat, summ]):
-            app = make_celery(Settings(**{"namespace": ns}))
+            app = make_celery(Settings(namespace=ns))
             r = redis.Redis.from_url(env["TURNQ_REDIS_URL"])
             sessions = seed_sessions(pg_url(env), backlog, 40, "backlog")
             with Client.from_settings() as client:

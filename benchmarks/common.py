@@ -105,7 +105,7 @@ def enqueue_many(
             by_session.setdefault(k, []).append(i)
         ids = [""] * len(keys)
         gate = asyncio.Semaphore(parallel)
-        settings = Settings(**({"namespace": namespace} if namespace else {}))
+        settings = Settings(namespace=namespace) if namespace else Settings()
         async with AsyncClient.from_settings(settings) as client:
 
             async def one_session(k: str, idx: list[int]) -> None:

@@ -4,10 +4,11 @@
     turnq dev                        # embedded Redis + Postgres, workers, beat; Ctrl-C stops all
     turnq chat SESSION --user U      # talk to the agent through the queue
     turnq gateway [--port 8000]      # the HTTP API; turnq keys create --user U makes a key
-    turnq chat SESSION --url http://127.0.0.1:8000 --key KEY   # ... through the HTTP API
+    TURNQ_API_KEY=KEY turnq chat SESSION --url http://127.0.0.1:8000   # ... through the HTTP API
     turnq worker [--queues turns]    # a Celery worker (exec's `celery -A workers.app worker`)
     turnq flower [--port 5555]       # Flower behind basic auth (TURNQ_FLOWER_BASIC_AUTH)
     turnq beat | turnq migrate | turnq stub-llm
+    turnq bench [--quick] [--only B2,B4] [--repeat 3]   # benchmarks (source checkout)
     turnq health --role worker       # exit 0/1: readiness (Redis, Postgres) + liveness
 
 Worker commands exec Celery rather than importing ``workers/``: the client side
@@ -176,6 +177,20 @@ def stub_llm(
     serve(host=host, port=port, latency_s=latency, fail_rate=fail_rate)
 
 
+@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks B1..B7 beside their baselines (from a source checkout): --quick, --only B2."""
+    from ops.processes import ROOT
+
+    if not (ROOT / "benchmarks" / "run.py").exists():
+        err.print("turnq bench runs from a source checkout (benchmarks/ is not installed)")
+        raise typer.Exit(2)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run import main as run_benchmarks
+
+    raise typer.Exit(run_benchmarks(ctx.args))
+
+
 @app.command()
 def dev(
     workers: Annotated[int, typer.Option(help="turn worker processes")] = 1,
@@ -303,12 +318,21 @@ def chat(
     url: Annotated[
         str | None, typer.Option(help="talk through the HTTP gateway at this URL")
     ] = None,
-    key: Annotated[str | None, typer.Option(help="API key for --url (its user is you)")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TURNQ_API_KEY",
+            help="API key for --url (its user is you); prefer the TURNQ_API_KEY environment "
+            "variable: a command line is visible to every local user in ps",
+        ),
+    ] = None,
 ) -> None:
     """Talk to the agent through the queue. /history shows the transcript, /quit leaves."""
     if url is not None:
         if not key:
-            raise typer.BadParameter("--url needs --key (create one: turnq keys create)")
+            raise typer.BadParameter(
+                "--url needs an API key in TURNQ_API_KEY (or --key); create one: turnq keys create"
+            )
         _chat_http(session, url, key, timeout)
         return
     if user is None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
+from ops.devstack import free_port
 from ops.processes import ManagedProcess
-from tests.support.servers import free_port
 
 
 class StubLLM:
