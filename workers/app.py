@@ -31,6 +31,7 @@ from shared.keys import (
 from shared.logging import bind_log_context, configure_logging
 from shared.metrics import register_cluster_collector
 from shared.settings import get_settings
+from workers.broker import survive_broker_connection_loss
 from workers.compact import compact
 from workers.maintenance import WorkerHeartbeat, expire_sessions, publish_cluster_metrics
 from workers.reaper import reap
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 app = make_celery(get_settings())
+survive_broker_connection_loss()  # a Redis restart must not take the worker down
 
 
 def send(task: str, session_id: str) -> None:
