@@ -4,8 +4,8 @@
 of the turn's new items, UPDATE of the session's counters, UPDATE of the turn), timed
 in-process against the scratch database.  The naive design's write is its UPDATE of
 the one JSON row holding the whole history (``benchmarks.baseline_naive``).  Both on
-the same Postgres, the same engine type, one connection, rounds interleaved
-(turnq-10, naive-10, turnq-2000, naive-2000, ...).  After every measured turn the
+the same Postgres, the same engine type, one connection; for each design the sizes alternate turn by
+turn (10, 2000, 2000, 10, ...).  After every measured turn the
 session is put back to its seeded size (outside the timing), so each turn sees
 exactly 10 or 2,000 items.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import time
 from collections import defaultdict
@@ -68,21 +69,34 @@ class Cpu:
 
 
 async def _timed(cpu: Cpu, fn: Callable[[], Awaitable[object]]) -> tuple[float, float]:
-    c0, t0 = cpu.now(), time.perf_counter()
-    await fn()
-    return (time.perf_counter() - t0) * 1000, (cpu.now() - c0) * 1000
+    """Wall and CPU ms of one call.  Like timeit, with the garbage collector off: else a
+    collection set off by the previous step's allocations (a 2,000-item context is
+    ~10^5 Python objects) lands in whichever call comes next."""
+    gc.collect()
+    gc.disable()
+    try:
+        c0, t0 = cpu.now(), time.perf_counter()
+        await fn()
+        return (time.perf_counter() - t0) * 1000, (cpu.now() - c0) * 1000
+    finally:
+        gc.enable()
 
 
 async def _turnq_turn(store: Any, cpu: Cpu, sid: str, key: str, size: int) -> Timings:
     await store.enqueue("bench", key, "hello", None)
-    t0 = time.perf_counter()
-    fence = await store.bump_fence(sid)
-    turn, _ = await store.claim_next(sid, fence, 5)
+    claimed: list[Any] = []
+
+    async def claim() -> None:
+        fence = await store.bump_fence(sid)
+        claimed.extend([fence, (await store.claim_next(sid, fence, 5))[0]])
+
+    claim_ms, _ = await _timed(cpu, claim)
+    fence, turn = claimed
     load_ms, _ = await _timed(cpu, lambda: store.load_context(sid))
     write_ms, write_cpu = await _timed(
         cpu, lambda: store.complete_turn(turn, fence, NEW_ITEMS, "ok", None, None)
     )
-    whole = (time.perf_counter() - t0) * 1000
+    whole = claim_ms + load_ms + write_ms
     async with store.engine.begin() as conn:  # back to the seeded size, untimed
         await conn.execute(
             text("DELETE FROM items WHERE session_id = :sid AND position >= :n"),
@@ -95,7 +109,6 @@ async def _turnq_turn(store: Any, cpu: Cpu, sid: str, key: str, size: int) -> Ti
 
 
 async def _naive_turn(naive: NaiveStore, cpu: Cpu, sid: str, seeded: list[Any]) -> Timings:
-    t0 = time.perf_counter()
     history: list[Any] = []
 
     async def load() -> None:
@@ -103,7 +116,7 @@ async def _naive_turn(naive: NaiveStore, cpu: Cpu, sid: str, seeded: list[Any]) 
 
     load_ms, _ = await _timed(cpu, load)
     write_ms, write_cpu = await _timed(cpu, lambda: naive.save(sid, history + NEW_ITEMS))
-    whole = (time.perf_counter() - t0) * 1000
+    whole = load_ms + write_ms
     await naive.save(sid, seeded)  # back to the seeded size, untimed
     return {"write": write_ms, "write_cpu": write_cpu, "load": load_ms, "whole": whole}
 
@@ -123,14 +136,16 @@ async def _in_process(url: str, turns: int) -> dict[tuple[str, int], list[Timing
     out: dict[tuple[str, int], list[Timings]] = defaultdict(list)
     warm = 10
     try:
-        for i in range(warm + turns):
-            k = i % SESSIONS
-            for n in SIZES:
-                a = await _turnq_turn(store, cpu, tq[n][k], f"b5-{n}-{k}", n)
-                b = await _naive_turn(naive, cpu, nv[n][k], histories[n])
-                if i >= warm:
-                    out["turnq", n].append(a)
-                    out["naive", n].append(b)
+        for design in ("turnq", "naive"):  # one design at a time: neither's I/O lands on the other
+            for i in range(warm + turns):
+                k = i % SESSIONS
+                for n in SIZES if i % 2 else SIZES[::-1]:  # sizes alternate who goes first
+                    if design == "turnq":
+                        t = await _turnq_turn(store, cpu, tq[n][k], f"b5-{n}-{k}", n)
+                    else:
+                        t = await _naive_turn(naive, cpu, nv[n][k], histories[n])
+                    if i >= warm:
+                        out[design, n].append(t)
     finally:
         await engine.dispose()
     return out

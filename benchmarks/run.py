@@ -104,7 +104,8 @@ def _b3(d: dict[str, Any]) -> Row:
 
 def _b4(d: dict[str, Any]) -> Row:
     return (
-        f"gap p50 {d['gap_p50_ms']:.2f} ms; FIFO {'yes' if d['fifo'] else 'NO'}",
+        f"gap p50 {d['gap_p50_ms']:.2f} ms (cycle {d['cycle_p50_ms']:.1f} ms); "
+        f"FIFO {'yes' if d['fifo'] else 'NO'}",
         "-",
         "-",
         "FIFO; gap <= 5 ms",
