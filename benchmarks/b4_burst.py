@@ -68,6 +68,7 @@ def run(quick: bool = False, turns: int = 100, rounds: int | None = None) -> dic
         "gap_p50_ms": gap,
         "gap_p99_ms": pct(gaps, 99),
         "cycle_p50_ms": median(cycles),
+        "cycles_ms": cycles[-(turns - 1) :],  # the last burst, turn by turn (for the plot)
         "rate": median([d["rate"] for d in drains]),
         "met": fifo and gap <= TARGET_GAP_MS,
         "cpu_ms_per_turn": median([d["cpu_ms_per_turn"] for d in drains]),

@@ -51,6 +51,14 @@ def scratch_stack() -> Iterator[dict[str, str]]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        import redis
+
+        r = redis.Redis.from_url(REDIS)
+        try:  # the run's queues, locks and event streams
+            for key in r.scan_iter(match=f"{env['TURNQ_NAMESPACE']}*", count=1000):
+                r.delete(key)
+        finally:
+            r.close()
 
 
 def turnq_worker(env: dict[str, str], name: str, concurrency: int, **extra: str) -> ManagedProcess:

@@ -5,7 +5,7 @@
 Each plot is drawn only if its benchmarks ran: throughput.png (B2, B3, B7 rates and
 their baselines), scaling.png (B7: turns/s and cores in use per role against worker
 processes), write_cost.png (B5: turnq vs naive at 10 and 2,000 items), latency.png
-(B1 and B6 p50/p99).
+(B1 and B6 p50/p99), burst.png (B4: each turn's cycle through the burst).
 """
 
 from __future__ import annotations
@@ -125,6 +125,21 @@ def latency(r: Results, out: Path) -> Path | None:
     return _save(fig, out / "latency.png")
 
 
+def burst(r: Results, out: Path) -> Path | None:
+    d = r.get("B4")
+    if not d or not d.get("cycles_ms"):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.plot(range(2, len(d["cycles_ms"]) + 2), d["cycles_ms"], ".-", linewidth=0.8)
+    ax.axhline(d["cycle_p50_ms"], color="black", linestyle="--", linewidth=1, label="median")
+    ax.set_xlabel("turn of the burst (seq)")
+    ax.set_ylabel("ms since the previous turn finished")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"B4 burst on one session: FIFO {'held' if d['fifo'] else 'BROKEN'}")
+    ax.legend()
+    return _save(fig, out / "burst.png")
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -134,7 +149,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def plot_all(results: Results, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    made = [f(results, out) for f in (throughput, scaling, write_cost, latency)]
+    made = [f(results, out) for f in (throughput, scaling, write_cost, latency, burst)]
     return [p for p in made if p is not None]
 
 
