@@ -38,7 +38,7 @@ from tests.system.conftest import FAST_RECOVERY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
-EXAMPLES = 200
+EXAMPLES = 300
 REFUSALS = (InvalidInput, IdempotencyConflict, SessionBusy)
 
 

@@ -35,7 +35,7 @@ from tests.system.test_gateway_support import Api, GatewayProcess, new_key
 
 pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
-EXAMPLES = 150
+EXAMPLES = 300
 PROBLEM = "application/problem+json"
 UNPARSEABLE = b"Invalid HTTP request received."
 
