@@ -14,10 +14,11 @@ succeeded, so retries never duplicate history (I4).
 
 from __future__ import annotations
 
+import functools
 import json
-import select
+import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,10 +27,13 @@ from typing import Any
 import psycopg
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from shared.errors import Fenced, IdempotencyConflict, SessionBusy
 from shared.multitask import Multitask
+from shared.pgpool import FastPool, PoolTimeout, closed_by_server
 from shared.status import TurnStatus, sources_of
 
 Item = dict[str, Any]
@@ -56,18 +60,14 @@ def create_engine(
     return engine
 
 
+@functools.cache
+def _psycopg_style(sql: str) -> str:
+    """``:name`` parameters (SQLAlchemy's text()) as psycopg's ``%(name)s``."""
+    return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", sql)
+
+
 def _discard_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-    conn = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    pgconn = getattr(conn, "pgconn", None)
-    if pgconn is None:
-        return
-    try:
-        if conn.closed or pgconn.status != 0:  # 0: CONNECTION_OK
-            raise DisconnectionError("connection closed")
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.Error) as exc:
-        raise DisconnectionError(str(exc)) from exc
-    if readable:
+    if closed_by_server(getattr(dbapi_connection, "driver_connection", dbapi_connection)):
         raise DisconnectionError("the server closed the connection")
 
 
@@ -168,8 +168,13 @@ SELECT {_TURN_COLUMNS} FROM t JOIN s ON s.id = t.session_id
 """
 
 
+def _fields(row: Any) -> Mapping[str, Any]:
+    """A result row as a mapping: SQLAlchemy rows and the fast path's dict rows alike."""
+    return row if isinstance(row, Mapping) else row._mapping
+
+
 def _turn(row: Any) -> TurnRecord:
-    m = row._mapping
+    m = _fields(row)
     return TurnRecord(
         id=m["id"],
         session_id=m["session_id"],
@@ -197,7 +202,7 @@ def _session(row: Any) -> SessionRecord:
 
 
 def _context(row: Any) -> Context:
-    m = row._mapping
+    m = _fields(row)
     return Context(
         summary=m["summary"],
         items=list(m["items"] or []),
@@ -207,20 +212,37 @@ def _context(row: Any) -> Context:
 
 
 def _claim(row: Any) -> Claim:
-    claimed = row.id is not None
+    m = _fields(row)
+    claimed = m["id"] is not None
     return Claim(
-        fence=int(row.fence),
-        turn=_turn(row) if claimed else None,
-        context=_context(row) if claimed else None,
-        gave_up=list(row.gave_up or []),
+        fence=int(m["fence"]),
+        turn=_turn(m) if claimed else None,
+        context=_context(m) if claimed else None,
+        gave_up=list(m["gave_up"] or []),
     )
 
 
 class Store:
+    """Sessions, turns and items in Postgres.
+
+    Most calls go through the SQLAlchemy ``engine``.  The per-turn statements (enqueue,
+    claim, complete, turn reads) go through a psycopg pool on the same database in
+    autocommit mode (``shared.pgpool``): SQLAlchemy's checkout and result layers cost
+    ~0.25 ms a call, as much as the statement itself (docs/decisions/0005).
+    """
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 5
+        timeout = engine.pool.timeout() if isinstance(engine.pool, QueuePool) else 30.0
+        self._fast = FastPool(
+            engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+            max_size=size,
+            timeout=timeout,
+        )
 
     async def close(self) -> None:
+        await self._fast.close()
         await self.engine.dispose()
 
     # ------------------------------------------------------------------ producer
@@ -345,17 +367,12 @@ class Store:
         return [r[0] for r in rows]
 
     async def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnRecord | None:
-        async with self._autocommit() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        f"SELECT {_TURN_COLUMNS} FROM turns t JOIN sessions s "
-                        "ON s.id = t.session_id WHERE t.id = :id "
-                        "AND (CAST(:u AS text) IS NULL OR s.user_id = :u)"
-                    ),
-                    {"id": turn_id, "u": user_id},
-                )
-            ).first()
+        row = await self._call(
+            f"SELECT {_TURN_COLUMNS} FROM turns t JOIN sessions s "
+            "ON s.id = t.session_id WHERE t.id = :id "
+            "AND (CAST(:u AS text) IS NULL OR s.user_id = :u)",
+            {"id": turn_id, "u": user_id},
+        )
         # Another user's turn is filtered in the same query, so it costs what a missing one does.
         return _turn(row) if row is not None else None
 
@@ -460,7 +477,7 @@ class Store:
         )
         if row is None:
             raise Fenced(f"session {turn.session_id} is gone")
-        return int(row.after_tokens), TurnStatus(row.final_status), _claim(row)
+        return int(row["after_tokens"]), TurnStatus(row["final_status"]), _claim(row)
 
     async def complete_turn(
         self,
@@ -508,7 +525,7 @@ class Store:
 
     async def cancel_mode(self, turn_id: str) -> str | None:
         row = await self._call("SELECT cancel_mode FROM turns WHERE id = :id", {"id": turn_id})
-        return row[0] if row is not None else None
+        return row["cancel_mode"] if row is not None else None
 
     async def fail_turn(self, turn: TurnRecord, fence: int, error: str) -> None:
         async with self.engine.begin() as conn:
@@ -564,18 +581,22 @@ class Store:
             yield conn
 
     async def _call(self, sql: str, params: dict[str, Any]) -> Any:
-        """One statement in autocommit mode: no BEGIN/COMMIT round trips; its first row.
+        """One statement in autocommit mode on the fast pool: its first row, as a dict.
 
         The worker's steps are single statements (migration 0005's functions), so this
-        is a whole transaction.  A stale fence (SQLSTATE TQ001) is raised as Fenced.
+        is a whole transaction.  A stale fence (SQLSTATE TQ001) is raised as Fenced;
+        other database errors as SQLAlchemy's, like every other store call.
         """
-        async with self._autocommit() as conn:
-            try:
-                return (await conn.execute(text(sql), params)).first()
-            except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) == FENCED_SQLSTATE:
-                    raise Fenced(str(exc.orig).splitlines()[0]) from None
-                raise
+        query = _psycopg_style(sql)
+        try:
+            async with self._fast.connection() as conn:
+                return await (await conn.execute(query, params)).fetchone()
+        except PoolTimeout as exc:
+            raise SQLAlchemyPoolTimeout(str(exc)) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate == FENCED_SQLSTATE:
+                raise Fenced(str(exc).splitlines()[0]) from None
+            raise DBAPIError.instance(query, params, exc, psycopg.Error) from exc
 
     async def _check_fence(self, conn: AsyncConnection, session_id: str, fence: int) -> None:
         row = (

@@ -310,3 +310,14 @@ async def test_complete_and_claim_hands_over_the_next_turn_with_the_new_items(
     assert [i for _, _, i in await store.history(first.session_id)] == (
         _items(2, "t1") + _items(1, "t2")
     )
+
+
+async def test_cancel_mode_reads_the_recorded_request(store: Store, uid: str) -> None:
+    turn, _ = await _running(store, f"u{uid}", f"s{uid}")
+    assert await store.cancel_mode(turn.id) is None
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE turns SET cancel_mode = 'rollback' WHERE id = :id"), {"id": turn.id}
+        )
+    assert await store.cancel_mode(turn.id) == "rollback"
+    assert await store.cancel_mode("00000000-0000-4000-8000-000000000000") is None

@@ -22,12 +22,15 @@ async def test_first_statement_after_a_restart_succeeds() -> None:
         store = Store(create_engine(pg.url.replace("postgresql://", "postgresql+psycopg://", 1)))
         try:
             turns = [await store.enqueue("u", f"s{i}", "hi", None) for i in range(3)]
+            assert await store.history(turns[0][0].session_id) == []
             assert store.engine.pool.checkedin() >= 1  # pooled, idle, about to go stale
 
             pg.restart()
+            # Both pools: the fast one (enqueue, get_turn) and the engine's (history).
             turn, created, _ = await store.enqueue("u", "s0", "after the restart", None)
             assert created and turn.seq == 2
             assert await store.get_turn(turns[1][0].id) == turns[1][0]
+            assert await store.history(turns[0][0].session_id) == []
             async with store.engine.connect() as conn:
                 count = (await conn.execute(text("SELECT count(*) FROM turns"))).scalar()
             assert count == 4
