@@ -29,7 +29,7 @@ from shared.settings import Settings, get_settings
 from shared.store import Store, create_engine
 from shared.tokens import TokenEstimator, default_estimator
 from workers.agent import load_agent, load_context_overrides
-from workers.context import overhead_tokens
+from workers.context import budget_filter, overhead_tokens
 from workers.streaming import CancelListener
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ def _build(settings: Settings) -> Runtime:
         model_settings=ModelSettings(include_usage=True),
         tracing_disabled=not settings.tracing,
         trace_include_sensitive_data=False,
+        call_model_input_filter=budget_filter,  # the running turn's CallBudget
     )
     estimator = default_estimator()
     policy = policy_from_settings(settings, load_context_overrides(settings.agent))

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 from agents.exceptions import MaxTurnsExceeded, UserError
@@ -198,14 +197,14 @@ async def _run_with_retries(
     Retrying here (not with a Celery countdown) keeps the session's order and lock.
     """
     s = rt.settings
-    run_config = replace(rt.run_config, call_model_input_filter=budget.filter)
     attempt = 0
     while True:
         try:
             async with asyncio.timeout(s.turn_timeout_s):
-                return await stream_run(
-                    rt, rt.agent, turn.id, model_input, run_config, stop, outbox
-                )
+                with budget.active():
+                    return await stream_run(
+                        rt, rt.agent, turn.id, model_input, rt.run_config, stop, outbox
+                    )
         except _PERMANENT:
             raise
         except Exception as exc:
