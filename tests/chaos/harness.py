@@ -33,19 +33,24 @@ import asyncio
 import itertools
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import psycopg
+import redis
 
 from ops.processes import ManagedProcess
 from producer.client import AsyncClient
+from shared import keys
 from shared.settings import Settings
 from tests.support.servers import wait_until
 from tests.support.workers import BeatProcess, WorkerProcess
@@ -227,6 +232,7 @@ def gap(default_s: float) -> float:
 @dataclass(frozen=True)
 class DbTurn:
     id: str
+    sid: str  # the session's internal id
     session: str
     seq: int
     status: str
@@ -256,6 +262,7 @@ class Row:
     max_latency_s: float | None = None
     retried: int = 0  # turns that needed more than one attempt (the fault hit them)
     violations: list[str] = field(default_factory=list)
+    sessions: list[str] = field(default_factory=list)  # the load's session ids
 
     @property
     def clean(self) -> bool:
@@ -265,7 +272,7 @@ class Row:
         return (
             f"{self.fault}: accepted={self.accepted} lost={self.lost} "
             f"duplicated={self.duplicated} out_of_order={self.out_of_order}; "
-            + "; ".join(self.violations[:20])
+            + "; ".join(self.violations[:30])
         )
 
 
@@ -319,8 +326,8 @@ def _rows(database_url: str, sql: str, user: str) -> list[tuple[Any, ...]]:
 def _read_turns(database_url: str, user: str) -> dict[str, DbTurn]:
     rows = _rows(
         database_url,
-        "SELECT t.id::text, s.key, t.seq, t.status, t.error, t.input, t.output, t.attempts,"
-        " t.queued_at, t.started_at, t.finished_at"
+        "SELECT t.id::text, s.id::text, s.key, t.seq, t.status, t.error, t.input, t.output,"
+        " t.attempts, t.queued_at, t.started_at, t.finished_at"
         " FROM turns t JOIN sessions s ON s.id = t.session_id WHERE s.user_id = %s",
         user,
     )
@@ -374,6 +381,7 @@ def check(
     """Wait for the load's turns to finish, then count what the invariants forbid."""
     assert load.stopped_at, "stop the load before checking"
     row = Row(fault, accepted=len(load.accepted), rejected=len(load.rejected))
+    row.sessions = list(load.sessions)
     accepted = {a.turn_id: a for a in load.accepted}
     wait_terminal(database_url, load.user, set(accepted), timeout)
     turns = _read_turns(database_url, load.user)
@@ -387,6 +395,8 @@ def check(
         session_turns.sort(key=lambda t: t.seq)
         _check_session(row, session, session_turns, items.get(session, []), accepted)
     _recovery(row, load, turns, heal_at)
+    if row.lost:
+        row.violations.extend(_diagnose(load, database_url, turns))
     if record:
         ROWS.append(row)
     return row
@@ -494,6 +504,29 @@ def _check_turn_items(row: Row, session: str, t: DbTurn, mine: list[tuple[int, A
         row.violations.append(f"{session}: turn {t.input!r} answered twice: {outputs}")
 
 
+def _diagnose(load: Load, database_url: str, turns: dict[str, DbTurn]) -> list[str]:
+    """Why a turn is stuck: who holds its session's lock, what Postgres is waiting on."""
+    notes: list[str] = []
+    stuck = {t.sid for t in turns.values() if t.status not in TERMINAL}
+    client = redis.Redis.from_url(load.settings.require_redis_url(), socket_timeout=5)
+    try:
+        for sid in sorted(stuck)[:5]:
+            key = keys.lock_key(sid, load.settings.namespace)
+            notes.append(f"lock {sid}: holder={client.get(key)!r} ttl_ms={client.pttl(key)}")
+    except redis.RedisError as exc:
+        notes.append(f"redis unreachable: {exc}")
+    finally:
+        client.close()
+    with psycopg.connect(libpq(database_url), connect_timeout=5) as conn:
+        for r in conn.execute(
+            "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 120)"
+            " FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle'"
+            " AND pid <> pg_backend_pid()"
+        ).fetchall():
+            notes.append(f"pg backend {r}")
+    return notes
+
+
 def _recovery(row: Row, load: Load, turns: dict[str, DbTurn], heal_at: float | None) -> None:
     mine = [turns[a.turn_id] for a in load.accepted if a.turn_id in turns]
     latencies = [
@@ -513,6 +546,54 @@ def _recovery(row: Row, load: Load, turns: dict[str, DbTurn], heal_at: float | N
     done = [t.finished_at.timestamp() for t in before if t is not None and t.finished_at]
     if done and len(done) == len(before):
         row.all_done_s = max(0.0, max(done) - heal_at)
+
+
+# --- one fault test ----------------------------------------------------------------------
+
+
+def run_under_load(
+    fault: str,
+    settings: Settings,
+    database_url: str,
+    user: str,
+    inject: Callable[[Load], object],
+    *,
+    times: int = 1,
+    after_s: float = 2.0,
+    suspects: Callable[[], list[ManagedProcess]] = list,
+    **load_options: Any,
+) -> Row:
+    """Start the load, ``inject(load)`` once per round, let it run on, then check.
+
+    ``times`` rounds by default, rounds for the whole soak time with ``--soak``.  Heal time
+    is when the last round returned; the row is recorded and must be clean (if it is not,
+    the stacks of the ``suspects()`` processes go into the failure message).
+    """
+    done = 0
+    with Load(settings, user, **load_options) as load:
+        load.wait_accepted(20)
+        for _ in rounds(times):
+            inject(load)
+            done += 1
+        heal = time.time()
+        load.keep_going(after_s)
+    load.stop()
+    row = check(load, f"{fault} x{done}", database_url, heal)
+    if not row.clean:
+        row.violations.extend(stack_dump(p) for p in suspects() if p.alive())
+    assert row.clean, row.summary()
+    return row
+
+
+def stack_dump(proc: ManagedProcess) -> str:
+    """Every thread's stack of a live process (py-spy), to see where a stuck drain waits."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return f"{proc.name}: no py-spy to dump its stacks"
+    out = subprocess.run(
+        [str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=60
+    )
+    return f"--- {proc.name} (pid {proc.pid}) ---\n{(out.stdout + out.stderr)[-6000:]}"
 
 
 # --- processes ----------------------------------------------------------------------------

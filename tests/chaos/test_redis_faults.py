@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from ops.processes import ManagedProcess
 from producer import Client
 from shared.settings import Settings
 from shared.status import TurnStatus
-from tests.chaos.harness import Cluster, Load, check, gap, rounds, time_limit
+from tests.chaos.harness import Cluster, Load, gap, run_under_load, time_limit
 from tests.support.servers import PrivateRedis, TcpProxy, wait_until
 from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
@@ -42,6 +43,9 @@ class RedisStack:
 
     def alive(self) -> bool:
         return all(w.alive() for w in self.workers)
+
+    def procs(self) -> list[ManagedProcess]:
+        return list(self.workers)
 
     def log_mark(self) -> list[int]:
         return [len(w.log_text()) for w in self.workers]
@@ -88,20 +92,18 @@ def test_worker_survives_redis_dying_under_running_turns(stack: RedisStack, uid:
 
 
 def test_redis_restart_under_load(stack: RedisStack, uid: str) -> None:
-    restarts, mark = 0, stack.log_mark()
-    with Load(stack.settings, f"rrestart-{uid}") as load:
-        load.wait_accepted(20)
-        for _ in rounds(1):
-            stack.redis.kill()  # kicks, locks, unacked messages, events: gone
-            load.keep_going(gap(1.5))
-            stack.redis.start()  # empty
-            restarts += 1
-            load.keep_going(gap(2.0))
-        heal = time.time()
-        load.keep_going(2.0)
-    load.stop()
-    row = check(load, f"redis kill+restart x{restarts}", stack.database_url, heal)
-    assert row.clean, row.summary()
+    mark = stack.log_mark()
+
+    def restart(load: Load) -> None:
+        stack.redis.kill()  # kicks, locks, unacked messages, events: gone
+        load.keep_going(gap(1.5))  # enqueues commit; their kicks fail (the reaper's job)
+        stack.redis.start()  # empty
+        load.keep_going(gap(2.0))
+
+    row = run_under_load(
+        "redis kill+restart", stack.settings, stack.database_url, f"rrestart-{uid}", restart,
+        suspects=stack.procs,
+    )  # fmt: skip
     assert row.failed == 0, row.summary()
     assert stack.alive(), "a worker died with its broker connection (see workers/broker.py)"
     logs = stack.logs_since(mark)
@@ -110,27 +112,25 @@ def test_redis_restart_under_load(stack: RedisStack, uid: str) -> None:
 
 
 def test_redis_flushall_under_load(stack: RedisStack, uid: str) -> None:
-    flushes, mark = 0, stack.log_mark()
-    with Load(stack.settings, f"rflush-{uid}") as load:
-        load.wait_accepted(20)
-        for _ in rounds(2):
-            # Freeze the workers (for less than the lock TTL) so kicks pile up in Redis: the
-            # flush then takes queued kicks as well as locks and unacked messages.
+    mark = stack.log_mark()
+
+    def flush(load: Load) -> None:
+        # Freeze the workers (for less than the lock TTL) so kicks pile up in Redis: the
+        # flush then takes queued kicks as well as locks and unacked messages.
+        for w in stack.workers:
+            w.pause()
+        try:
+            load.keep_going(1.0)
+            stack.redis.flushall()
+        finally:
             for w in stack.workers:
-                w.pause()
-            try:
-                load.keep_going(1.0)
-                stack.redis.flushall()
-            finally:
-                for w in stack.workers:
-                    w.resume()
-            flushes += 1
-            load.keep_going(gap(1.5))
-        heal = time.time()
-        load.keep_going(2.0)
-    load.stop()
-    row = check(load, f"redis FLUSHALL x{flushes}", stack.database_url, heal)
-    assert row.clean, row.summary()
+                w.resume()
+        load.keep_going(gap(1.5))
+
+    row = run_under_load(
+        "redis FLUSHALL", stack.settings, stack.database_url, f"rflush-{uid}", flush, times=2,
+        suspects=stack.procs,
+    )  # fmt: skip
     assert row.failed == 0, row.summary()
     assert stack.alive()
     assert "reaper re-kicked sessions" in stack.logs_since(mark)  # flushed kicks recovered
@@ -148,18 +148,16 @@ def test_redis_connections_cut_under_load(stack: RedisStack, uid: str) -> None:
             w.stop()
         stack.cluster.start(*proxied)
         stack.workers = proxied
-        cuts = 0
-        with Load(Settings(redis_url=url), f"rcut-{uid}") as load:
-            load.wait_accepted(20)
-            for _ in rounds(3):
-                assert proxy.link_count > 0, "nothing connects through the proxy"
-                proxy.cut()
-                cuts += 1
-                load.keep_going(gap(1.0))
-            heal = time.time()
-            load.keep_going(2.0)
-        load.stop()
-        row = check(load, f"redis links cut x{cuts}", stack.database_url, heal)
-        assert row.clean, row.summary()
+
+        def cut(load: Load) -> None:
+            assert proxy.link_count > 0, "nothing connects through the proxy"
+            proxy.cut()
+            load.keep_going(gap(1.0))
+
+        settings = Settings(redis_url=url)
+        row = run_under_load(
+            "redis links cut", settings, stack.database_url, f"rcut-{uid}", cut, times=3,
+            suspects=stack.procs,
+        )  # fmt: skip
         assert row.failed == 0, row.summary()
         assert stack.alive()

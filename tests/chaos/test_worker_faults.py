@@ -8,7 +8,6 @@ the fence.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import pytest
 
 from ops.processes import ManagedProcess
 from shared.settings import Settings
-from tests.chaos.harness import Cluster, Load, check, gap, libpq, rounds, time_limit
+from tests.chaos.harness import Cluster, Load, gap, libpq, run_under_load, time_limit
 from tests.support.servers import wait_until
 from tests.system.conftest import FAST_RECOVERY
 
@@ -32,6 +31,9 @@ class Workers:
     steady: ManagedProcess
     victim: ManagedProcess
     database_url: str
+
+    def procs(self) -> list[ManagedProcess]:
+        return [self.steady, self.victim]
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +59,18 @@ def running_turns(database_url: str, user: str) -> int:
 
 def test_kill_9_of_a_worker_mid_turn_repeatedly(workers: Workers, uid: str) -> None:
     user = f"kill-{uid}"
-    kills = 0
-    with Load(Settings(), user) as load:
-        load.wait_accepted(20)
-        for _ in rounds(3):
-            wait_until(lambda: running_turns(workers.database_url, user), 30, message="idle")
-            workers.victim.kill()
-            kills += 1
-            load.keep_going(gap(0.5))
-            workers.victim = workers.cluster.respawn(workers.victim)
-            load.keep_going(gap(1.0))
-        heal = time.time()
-        load.keep_going(2.0)
-    load.stop()
-    row = check(load, f"worker kill -9 x{kills}", workers.database_url, heal)
-    assert row.clean, row.summary()
+
+    def kill(load: Load) -> None:
+        wait_until(lambda: running_turns(workers.database_url, user), 30, message="idle")
+        workers.victim.kill()
+        load.keep_going(gap(0.5))
+        workers.victim = workers.cluster.respawn(workers.victim)
+        load.keep_going(gap(1.0))
+
+    row = run_under_load(
+        "worker kill -9", Settings(), workers.database_url, user, kill, times=3,
+        suspects=workers.procs,
+    )  # fmt: skip
     assert row.failed == 0, row.summary()  # a kill is not a reason to fail a turn
     assert row.retried > 0, "no kill landed mid-turn: the test proved nothing"
     assert workers.steady.alive() and workers.victim.alive()
@@ -82,23 +81,19 @@ def test_sigstop_past_the_lock_ttl_then_sigcont_is_fenced(workers: Workers, uid:
     ttl = float(FAST_RECOVERY["TURNQ_LOCK_TTL_S"])
     victim = workers.victim
     log_before = len(victim.log_text())
-    pauses = 0
-    with Load(Settings(), user) as load:
-        load.wait_accepted(20)
-        for _ in rounds(1):
-            wait_until(lambda: running_turns(workers.database_url, user), 30, message="idle")
-            victim.pause()  # heartbeats stop; its locks expire; the reaper re-kicks
-            pauses += 1
-            try:
-                load.keep_going(gap(2 * ttl + 1))
-            finally:
-                victim.resume()
-            load.keep_going(gap(1.0))
-        heal = time.time()
-        load.keep_going(2.0)
-    load.stop()
-    row = check(load, "worker SIGSTOP > lock TTL", workers.database_url, heal)
-    assert row.clean, row.summary()
+
+    def freeze(load: Load) -> None:
+        wait_until(lambda: running_turns(workers.database_url, user), 30, message="idle")
+        victim.pause()  # heartbeats stop; its locks expire; the reaper re-kicks
+        try:
+            load.keep_going(gap(2 * ttl + 1))
+        finally:
+            victim.resume()
+        load.keep_going(gap(1.0))
+
+    row = run_under_load(
+        "worker SIGSTOP > lock TTL", Settings(), workers.database_url, user, freeze
+    )
     assert row.failed == 0, row.summary()
     assert row.retried > 0, "the frozen worker held no turn: the test proved nothing"
     # The stale worker noticed: its heartbeat found the lock gone, or its commit was refused.
