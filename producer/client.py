@@ -31,6 +31,7 @@ from shared import keys
 from shared.celery_app import make_celery
 from shared.compaction.store import CompactionStore
 from shared.errors import InvalidInput, SessionNotFound, TurnNotFound, WaitTimeout
+from shared.kick import send_kick
 from shared.loop import LoopThread
 from shared.multitask import check_cancel_mode, check_multitask
 from shared.session_store import SessionStore
@@ -211,9 +212,7 @@ class AsyncClient:
 
     async def _kick(self, internal_session_id: str) -> None:
         try:
-            await asyncio.to_thread(
-                self.celery.send_task, keys.DRAIN_TASK, args=[internal_session_id]
-            )
+            await send_kick(self.redis, self.celery, keys.DRAIN_TASK, internal_session_id)
         except Exception:  # the turn is committed: the reaper will kick it
             log.warning("kick not sent; the reaper will pick the turn up", exc_info=True)
 
