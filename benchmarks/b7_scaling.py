@@ -43,6 +43,7 @@ def run(quick: bool = False, sessions: int | None = None) -> dict[str, Any]:
                     "cores": cores,
                     "cores_total": sum(cores.values()),
                     "cores_per_worker": [c / wall for c in d["usage"]["per_worker_cpu_s"]],
+                    "machine_cores": d["usage"]["machine_cores"],
                 }
     ncpu = os.cpu_count() or 1
     top = max(points, key=lambda p: points[p]["rate"])
@@ -70,6 +71,7 @@ def rows(d: dict[str, Any]) -> list[list[str]]:
             p, f"{v['rate']:.1f}", f"{v['cpu_ms_per_turn']:.2f}",
             f"{c['worker']:.2f}", " ".join(f"{x:.2f}" for x in v["cores_per_worker"]),
             f"{c['redis']:.2f}", f"{c['postgres']:.2f}", f"{v['cores_total']:.2f} / {d['cpus']}",
+            f"{v['machine_cores']['busy']:.2f}", f"{v['machine_cores']['iowait']:.2f}",
         ])  # fmt: skip
     return out
 
@@ -78,7 +80,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=1000)
     d = run(False, ap.parse_args().sessions)
-    header = ["processes", "turns/s", "CPU ms/turn", "workers", "each", "redis", "pg", "total"]
+    header = [
+        "processes", "turns/s", "CPU ms/turn", "workers", "each", "redis", "pg", "total",
+        "machine busy", "iowait",
+    ]  # fmt: skip
     print(table(f"B7 scaling, {d['sessions']} sessions (cores in use)", header, rows(d)))
 
 

@@ -16,7 +16,9 @@ backend that exits during the run still counts (the postmaster reaps it).  Roles
 * ``postgres``: the postmaster serving ``PG_ADMIN`` and all its backends.
 
 Both servers are shared with whatever else runs on the machine, so their figures
-include that noise; the worker figure does not.  Peak memory is each worker
+include that noise; the worker figure does not.  The whole machine's busy and iowait
+CPU over the same interval is recorded beside (``machine_cores``): what the measured
+roles do not account for is someone else's.  Peak memory is each worker
 process's high-water RSS (``VmHWM``), read just before the meter stops.
 """
 
@@ -81,12 +83,20 @@ def server_pids() -> dict[str, int]:
     return {"redis": redis_pid, "postgres": postmaster}
 
 
+def machine_cpu_s() -> dict[str, float]:
+    """Whole-machine CPU seconds so far: busy (all but idle and iowait), and iowait."""
+    t = psutil.cpu_times()
+    iowait = float(getattr(t, "iowait", 0.0))
+    return {"busy": sum(t) - t.idle - iowait, "iowait": iowait}
+
+
 @dataclass
 class Usage:
     wall_s: float
     cpu_s: dict[str, float]  # role -> CPU seconds
     per_worker_cpu_s: list[float]
     peak_mb_per_worker: float  # the largest worker's high-water RSS
+    machine_s: dict[str, float] = field(default_factory=dict)  # whole machine: busy, iowait
 
     @property
     def total_cpu_s(self) -> float:
@@ -106,6 +116,8 @@ class Usage:
             "per_worker_cpu_s": self.per_worker_cpu_s,
             "cores": self.utilisation(),
             "peak_mb_per_worker": self.peak_mb_per_worker,
+            # everything on the machine (other users' processes too), in cores
+            "machine_cores": {k: v / self.wall_s for k, v in self.machine_s.items()},
         }
 
 
@@ -117,6 +129,7 @@ class Meter:
     _t0: float = 0.0
     _before: dict[str, float] = field(default_factory=dict)
     _workers_before: list[float] = field(default_factory=list)
+    _machine_before: dict[str, float] = field(default_factory=dict)
 
     def _workers(self) -> list[float]:
         pids = [*self.worker_pids, *([os.getpid()] if self.include_self else [])]
@@ -128,13 +141,15 @@ class Meter:
     def start(self) -> Meter:
         self._before = self._sample()
         self._workers_before = self._workers()
+        self._machine_before = machine_cpu_s()
         self._t0 = time.perf_counter()
         return self
 
     def stop(self) -> Usage:
         wall = time.perf_counter() - self._t0
+        machine = {k: v - self._machine_before[k] for k, v in machine_cpu_s().items()}
         after = self._sample()
         workers = [a - b for a, b in zip(self._workers(), self._workers_before, strict=True)]
         peaks = [peak_rss_mb(p) for p in self.worker_pids] or [peak_rss_mb(os.getpid())]
         cpu = {"worker": sum(workers), **{k: after[k] - self._before[k] for k in after}}
-        return Usage(wall, cpu, workers, max(peaks))
+        return Usage(wall, cpu, workers, max(peaks), machine)
