@@ -84,6 +84,7 @@ class Load:
         producers: int = 4,
         enqueue_timeout_s: float = 5.0,
         prefix: str = "chaos",
+        pad: int = 0,
     ) -> None:
         self.settings = settings
         self.user = user
@@ -91,6 +92,7 @@ class Load:
         self.rate = rate
         self.producers = max(1, min(producers, sessions))
         self.enqueue_timeout_s = enqueue_timeout_s
+        self.pad = pad  # characters of filler after each message (to grow the context)
         self.accepted: list[Accepted] = []
         self.rejected: list[tuple[str, str, str]] = []  # (session, content, error type)
         self._lock = threading.Lock()
@@ -170,7 +172,7 @@ class Load:
             nxt = max(nxt + interval, time.monotonic())
             session = mine[i % len(mine)]
             i += 1
-            content = f"{session.rsplit('-', 1)[1]} msg {counters[session]}"
+            content = f"{session.rsplit('-', 1)[1]} msg {counters[session]}" + _filler(self.pad)
             counters[session] += 1
             try:
                 turn = await asyncio.wait_for(
@@ -185,6 +187,12 @@ class Load:
                     Accepted(turn.id, session, content, orders[session], time.time())
                 )
             orders[session] += 1
+
+
+def _filler(chars: int) -> str:
+    words = "the meeting moved to room {} so bring the slides and the notes".split()
+    text = " ".join(w.format(i) for i in range(chars // 40 + 1) for w in words)
+    return (" " + text)[:chars] if chars else ""
 
 
 # --- fault rounds: once by default, in a random loop under --soak ------------------------
