@@ -2,7 +2,10 @@
 
 Beside it, in the same run, on the same Redis: the raw Celery no-op drain rate, same
 pool settings (threads, same concurrency, prefetch 1, acks_late), 2 processes, the
-same number of tasks.  Rounds alternate baseline and turnq.
+same number of tasks.  Rounds alternate baseline and turnq.  A third group shows
+turnq with Celery task events off (``TURNQ_TASK_EVENTS=false``): turnq turns them on
+by default for Flower, which costs each kick three event publishes; the raw baseline
+sends none.
 
 Drain rate, for both alike: the workers are started and paused (SIGSTOP); every
 task / turn is enqueued; the workers are resumed; rate = tasks / (last completion
@@ -104,26 +107,37 @@ def run(
     rounds = rounds or (1 if quick else 2)
     with scratch_stack() as env:
         raw_q = env["TURNQ_NAMESPACE"] + "raw"
+        quiet = {"TURNQ_NAMESPACE": env["TURNQ_NAMESPACE"] + "quiet:", "TURNQ_TASK_EVENTS": "false"}
+        n = PROCESSES
         procs = [
-            *(turnq_worker(env, f"b2t{i}", CONCURRENCY, **ECHO) for i in range(PROCESSES)),
-            *(raw_worker(env, raw_q, CONCURRENCY, name=f"b2r{i}") for i in range(PROCESSES)),
+            *(turnq_worker(env, f"b2t{i}", CONCURRENCY, **ECHO) for i in range(n)),
+            *(raw_worker(env, raw_q, CONCURRENCY, name=f"b2r{i}") for i in range(n)),
+            # turnq without Celery task events (Flower's feed; on by default), own queue
+            *(turnq_worker(env, f"b2q{i}", CONCURRENCY, **ECHO, **quiet) for i in range(n)),
         ]
         with running(procs):
-            tq, raw = procs[:PROCESSES], procs[PROCESSES:]
-            drain_turnq(env, tq, [f"warm-{i}" for i in range(50)])
-            drain_raw(raw, raw_q, 50)
-            raws, turnqs = [], []
-            for r in range(rounds):
-                for w in tq:  # the idle group sleeps while the other is measured
+            tq, raw, tq_quiet = procs[:n], procs[n : 2 * n], procs[2 * n :]
+            raws, turnqs, quiets = [], [], []
+            for r in range(-1, rounds):  # round -1 warms every group up, unrecorded
+                size = 50 if r < 0 else sessions
+                for w in procs:  # the idle groups sleep while one is measured
                     w.pause()
-                raws.append(drain_raw(raw, raw_q, sessions))
+                a = drain_raw(raw, raw_q, size)
                 for w in raw:
                     w.pause()
-                turnqs.append(drain_turnq(env, tq, [f"b2-{r}-{i}" for i in range(sessions)]))
-                for w in raw:
-                    w.resume()
+                b = drain_turnq(env, tq, [f"b2-{r}-{i}" for i in range(size)])
+                for w in tq:
+                    w.pause()
+                c = drain_turnq(env, tq_quiet, [f"b2q-{r}-{i}" for i in range(size)])
+                if r >= 0:
+                    raws.append(a)
+                    turnqs.append(b)
+                    quiets.append(c)
+            for w in procs:
+                w.resume()
     raw_rate = median([x["rate"] for x in raws])
     tq_rate = median([x["rate"] for x in turnqs])
+    quiet_rate = median([x["rate"] for x in quiets])
     return {
         "sessions": sessions,
         "processes": PROCESSES,
@@ -131,11 +145,17 @@ def run(
         "raw_rate": raw_rate,
         "turnq_rate": tq_rate,
         "ratio": tq_rate / raw_rate,
-        "failed": sum(x["n"] - x["succeeded"] for x in turnqs),
+        "no_events_rate": quiet_rate,
+        "no_events_ratio": quiet_rate / raw_rate,
+        "failed": sum(x["n"] - x["succeeded"] for x in [*turnqs, *quiets]),
         "raw_cpu_ms_per_task": median([x["cpu_ms_per_turn"] for x in raws]),
         "cpu_ms_per_turn": median([x["cpu_ms_per_turn"] for x in turnqs]),
+        "no_events_cpu_ms_per_turn": median([x["cpu_ms_per_turn"] for x in quiets]),
         "peak_mb_per_worker": max(x["peak_mb_per_worker"] for x in turnqs),
-        "rounds": [{"raw": a, "turnq": b} for a, b in zip(raws, turnqs, strict=True)],
+        "rounds": [
+            {"raw": a, "turnq": b, "turnq_no_events": c}
+            for a, b, c in zip(raws, turnqs, quiets, strict=True)
+        ],
     }
 
 
@@ -153,6 +173,12 @@ def main() -> None:
             f"{d['turnq_rate']:.1f}",
             f"{d['cpu_ms_per_turn']:.2f}",
             f"{d['ratio']:.2f} (target >= 0.50)",
+        ],
+        [
+            "turnq, task events off",
+            f"{d['no_events_rate']:.1f}",
+            f"{d['no_events_cpu_ms_per_turn']:.2f}",
+            f"{d['no_events_ratio']:.2f}",
         ],
     ]
     title = f"B2 throughput: {d['sessions']} sessions, {PROCESSES} processes x {CONCURRENCY}"
