@@ -31,8 +31,9 @@ def _shape(raw: bytes) -> dict[str, Any]:
     }
 
 
-async def test_direct_kick_matches_send_task(stack_env: dict[str, str]) -> None:
-    settings = get_settings()
+async def test_direct_kick_matches_send_task(stack_env: dict[str, str], uid: str) -> None:
+    # A namespace of its own: the run's turns queue may hold other tests' leftover kicks.
+    settings = get_settings().model_copy(update={"namespace": f"kick{uid}:"})
     app = make_celery(settings)
     queue = keys.queue(keys.TURNS_QUEUE, settings.namespace)
     sid = "0f8b1f3e-0000-4000-8000-000000000000"

@@ -19,6 +19,13 @@ and claim the next.  See docs/decisions/0005-one-round-trip-per-step.md.
 
 Both raise SQLSTATE TQ001 when the fence is stale (another worker owns the session).
 
+A new holder's claim commits without waiting for its WAL flush (``synchronous_commit``
+off for that transaction; not when it gave up on a turn): a crash can lose it, but
+then the turn is simply queued again, and the worker's completion (a synchronous
+commit, which flushes everything before it) can never pass on a lost fence, because
+fences grow by a random step: the next holder's fence is not the one that was lost.
+Fence checks are equality checks, so a fence only has to be new, not next.
+
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-24
@@ -52,8 +59,8 @@ DECLARE
     v_gave_up text[] := '{{}}';
 BEGIN
     IF p_fence IS NULL THEN
-        UPDATE sessions s SET fence = s.fence + 1 WHERE s.id = p_sid RETURNING s.fence
-            INTO v_fence;
+        UPDATE sessions s SET fence = s.fence + 1 + floor(random() * 2147483647)::bigint
+        WHERE s.id = p_sid RETURNING s.fence INTO v_fence;
         IF v_fence IS NULL THEN
             RETURN;
         END IF;
@@ -81,6 +88,9 @@ BEGIN
                 started_at = now(), fence = v_fence
             WHERE t.id = v_turn.id;
         END IF;
+    END IF;
+    IF p_fence IS NULL AND cardinality(v_gave_up) = 0 THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
     RETURN QUERY
     SELECT v_fence, v_gave_up,
