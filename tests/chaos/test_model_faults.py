@@ -100,7 +100,9 @@ def test_transient_model_faults_are_retried_until_turns_succeed(
     for outcome in TRANSIENT:
         assert injected.get(outcome, 0) > 0, f"no {outcome} was injected: {injected}"
     row.fault += f" ({sum(n for o, n in injected.items() if o != 'ok')} calls failed)"
-    assert stub.stats()["overlapping_conversations"] == 0  # I1 seen from the model's side
+    # No overlap check on the stub's side here: a call the client gave up on (timeout) stays
+    # "in flight" for the stub until it notices the hang-up, while the retry has started.
+    # The row's checks (run times of consecutive turns, attempts) cover I1.
 
 
 def test_permanent_model_failure_fails_the_turn_clearly_and_the_session_goes_on(
@@ -109,6 +111,7 @@ def test_permanent_model_failure_fails_the_turn_clearly_and_the_session_goes_on(
     assert callable(workers_for)
     procs: list[ManagedProcess] = workers_for(1)  # 2 x 2 calls, then the turn fails
     healthy(stub)
+    stub.reset()
     database_url = stack_env["TURNQ_DATABASE_URL"]
 
     def break_model(load: Load) -> None:
@@ -124,6 +127,7 @@ def test_permanent_model_failure_fails_the_turn_clearly_and_the_session_goes_on(
         suspects=lambda: procs, rate=10.0,
     )  # fmt: skip
     assert row.failed > 0, "no turn failed: the test proved nothing"
+    assert stub.stats()["overlapping_conversations"] == 0  # I1 from the model's side
     with Client.from_settings() as client:
         failed_sessions: set[str] = set()
         all_errors: list[str] = []
