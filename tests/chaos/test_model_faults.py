@@ -22,7 +22,7 @@ from tests.chaos.harness import Cluster, Load, gap, pick, run_under_load, time_l
 from tests.support.stub_llm import StubLLM, stub_llm_process
 from tests.system.conftest import FAST_RECOVERY
 
-pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(150))]
+pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(240))]
 
 # Each transient fault in turn: SCRIPTED calls that fail for sure (each followed by a good
 # one), then the fault at this rate.  A malformed body is not retried by the OpenAI client,

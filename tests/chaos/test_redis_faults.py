@@ -24,7 +24,7 @@ from tests.support.servers import PrivateRedis, TcpProxy, wait_until
 from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
 
-pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(150))]
+pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(240))]
 
 SLOW = {"TURNQ_AGENT": "tests.agents:slow_echo", "TEST_MODEL_LATENCY_S": "0.6"}
 # Few slots for 30 sessions at 12 turns/s (9 drains of 0.6 s: ~80% busy): kicks wait in

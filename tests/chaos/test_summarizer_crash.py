@@ -27,7 +27,7 @@ from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
 from tests.system.test_compaction import SMALL_WINDOW
 
-pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(150))]
+pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(240))]
 
 SESSIONS = 10
 PAD = 1200  # ~300 tokens a message: a session passes the trigger (1,800) in ~5 turns

@@ -20,7 +20,7 @@ from tests.chaos.harness import Cluster, Load, gap, libpq, run_under_load, time_
 from tests.support.servers import wait_until
 from tests.system.conftest import FAST_RECOVERY
 
-pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(150))]
+pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(240))]
 
 SLOW = {"TURNQ_AGENT": "tests.agents:slow_echo", "TEST_MODEL_LATENCY_S": "0.8"}
 
