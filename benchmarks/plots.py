@@ -67,6 +67,9 @@ def scaling(r: Results, out: Path) -> Path | None:
         vals = [p["cores"].get(role, 0.0) for p in pts]
         a2.bar([str(v) for v in x], vals, bottom=bottom, label=role, color=color)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    busy = [p.get("machine_cores", {}).get("busy") for p in pts]
+    if all(b is not None for b in busy):  # other tenants and the kernel: the rest of the bar
+        a2.plot([str(v) for v in x], busy, "kD", label="whole machine busy")
     a2.axhline(d["cpus"], color="black", linestyle="--", linewidth=1, label="cores on machine")
     a2.set_xlabel("worker processes")
     a2.set_ylabel("cores in use during the drain")
