@@ -44,7 +44,7 @@ def stub_env(url: str) -> dict[str, str]:
 def run(
     quick: bool = False, sessions: int | None = None, rounds: int | None = None
 ) -> dict[str, Any]:
-    sessions = sessions or (500 if quick else 1000)
+    sessions = sessions or (300 if quick else 1000)
     rounds = rounds or (1 if quick else 2)
     io, cpu = [], []
     in_flight: list[int] = []

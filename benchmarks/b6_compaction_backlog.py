@@ -58,7 +58,7 @@ def run(
     rounds: int | None = None,
 ) -> dict[str, Any]:
     turns = turns or (60 if quick else 300)
-    backlog = backlog or (300 if quick else 1000)
+    backlog = backlog or (200 if quick else 1000)
     rounds = rounds or (1 if quick else 3)
     with scratch_stack() as env:
         env = {**env, **POLICY}

@@ -24,7 +24,7 @@ STEPS = (4, 2, 1)
 
 
 def run(quick: bool = False, sessions: int | None = None) -> dict[str, Any]:
-    sessions = sessions or (300 if quick else 1000)
+    sessions = sessions or (200 if quick else 1000)
     points: dict[int, dict[str, Any]] = {}
     with scratch_stack() as env:
         procs = [turnq_worker(env, f"b7w{i}", CONCURRENCY, **ECHO) for i in range(max(STEPS))]

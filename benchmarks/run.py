@@ -240,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bid in ids:
         print(f"--- {bid}: {WHAT[bid]}", flush=True)
         outcomes[bid] = run_one(bid, args.quick, repeat)
+        if "seconds" in outcomes[bid]:
+            print(f"    {bid} took {outcomes[bid]['seconds']:.0f} s", flush=True)
     rows = [table_row(bid, outcomes[bid]) for bid in ids]
     mode = "quick" if args.quick else "full"
     title = f"turnq benchmarks ({mode}, median of {repeat}) in {time.monotonic() - started:.0f} s"
@@ -255,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
         "results": {bid: o.get("result") for bid, o in outcomes.items()},
         "errors": {bid: o["error"] for bid, o in outcomes.items() if "error" in o},
+        "seconds_each": {bid: o.get("seconds") for bid, o in outcomes.items()},
         "runs": {bid: o.get("runs", []) for bid, o in outcomes.items()},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
