@@ -177,7 +177,14 @@ def stub_llm(
     serve(host=host, port=port, latency_s=latency, fail_rate=fail_rate)
 
 
-@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    "bench",
+    context_settings={  # every option, --help too, goes to the benchmark runner's parser
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
 def bench(ctx: typer.Context) -> None:
     """Benchmarks B1..B7 beside their baselines (from a source checkout): --quick, --only B2."""
     from ops.processes import ROOT
