@@ -37,7 +37,7 @@ from shared.multitask import check_cancel_mode, check_multitask
 from shared.session_store import SessionStore
 from shared.settings import Settings, get_settings
 from shared.status import TurnStatus
-from shared.store import Item, SessionRecord, Store, TurnRecord, create_engine
+from shared.store import Item, SessionRecord, Store, TurnRecord
 from shared.validation import (
     check_content,
     check_event_id,
@@ -133,13 +133,7 @@ class AsyncClient:
         s = settings or get_settings()
         return cls(
             s,
-            Store(
-                create_engine(
-                    s.require_database_url(),
-                    pool_size=s.db_pool_size,
-                    pool_timeout=s.db_pool_timeout_s,
-                )
-            ),
+            Store.connect(s.require_database_url(), s.db_pool_size, s.db_pool_timeout_s),
             aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10),
             make_celery(s),
         )

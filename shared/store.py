@@ -231,15 +231,27 @@ class Store:
     ~0.25 ms a call, as much as the statement itself (docs/decisions/0005).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, fast_pool_size: int | None = None) -> None:
         self.engine = engine
         size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 5
         timeout = engine.pool.timeout() if isinstance(engine.pool, QueuePool) else 30.0
         self._fast = FastPool(
             engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-            max_size=size,
+            max_size=fast_pool_size or size,
             timeout=timeout,
         )
+
+    @classmethod
+    def connect(cls, database_url: str, pool_size: int, pool_timeout: float = 30.0) -> Store:
+        """A store whose two pools hold about ``pool_size * 1.5`` connections at most.
+
+        The per-turn statements get ``pool_size`` connections (the fast pool); everything
+        else (reads of history, compaction, session admin) half as many plus overflow.
+        """
+        engine = create_engine(
+            database_url, pool_size=max(2, pool_size // 2), pool_timeout=pool_timeout
+        )
+        return cls(engine, fast_pool_size=pool_size)
 
     async def close(self) -> None:
         await self._fast.close()

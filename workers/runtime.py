@@ -26,7 +26,7 @@ from agents import Agent, ModelSettings, RunConfig
 from shared.compaction.base import ContextPolicy, Summarizer, policy_from_settings
 from shared.loop import LoopThread
 from shared.settings import Settings, get_settings
-from shared.store import Store, create_engine
+from shared.store import Store
 from shared.tokens import TokenEstimator, default_estimator
 from workers.agent import load_agent, load_context_overrides
 from workers.context import budget_filter, overhead_tokens
@@ -123,12 +123,8 @@ def _build(settings: Settings) -> Runtime:
     portal = LoopThread("turnq-loop")
 
     async def _connect() -> tuple[Store, aioredis.Redis]:
-        store = Store(
-            create_engine(
-                settings.require_database_url(),
-                pool_size=settings.db_pool_size,
-                pool_timeout=settings.db_pool_timeout_s,
-            )
+        store = Store.connect(
+            settings.require_database_url(), settings.db_pool_size, settings.db_pool_timeout_s
         )
         redis = aioredis.Redis.from_url(
             settings.require_redis_url(),

@@ -69,3 +69,16 @@ async def test_fails_at_once_when_postgres_is_down_and_recovers_after() -> None:
             assert await _pid(pool) != old  # the closed connection was replaced
         finally:
             await pool.close()
+
+
+async def test_a_store_splits_its_connection_budget(database_url: str) -> None:
+    from shared.store import Store
+
+    store = Store.connect(database_url.replace("postgresql://", "postgresql+psycopg://", 1), 10)
+    try:
+        assert store.engine.pool.size() == 5  # type: ignore[attr-defined]
+        assert store._fast.max_size == 10
+        turn, _, _ = await store.enqueue("u", "budget", "hi", None)
+        assert (await store.get_turn(turn.id)) == turn
+    finally:
+        await store.close()
