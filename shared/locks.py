@@ -65,9 +65,16 @@ class SessionLock:
 
     @contextlib.asynccontextmanager
     async def heartbeat(self, on_lost: Callable[[], object] | None = None) -> AsyncIterator[None]:
+        # redis-py can swallow a cancellation that lands mid-command (the command just
+        # completes), so the beat also stops on this flag: without it a beat that lost its
+        # cancel renewed the lock forever and its drain waited for it forever.
+        done = asyncio.Event()
+
         async def beat() -> None:
-            while True:
+            while not done.is_set():
                 await asyncio.sleep(self.heartbeat_s)
+                if done.is_set():
+                    return
                 try:
                     held = await self.renew()
                 except RedisError:
@@ -75,7 +82,7 @@ class SessionLock:
                     # someone else may take over and the fence refuses our write.
                     log.warning("lock heartbeat could not reach Redis", extra={"lock": self.key})
                     continue
-                if not held:
+                if not held and not done.is_set():
                     self.lost = True
                     log.warning("session lock lost to another worker", extra={"lock": self.key})
                     if on_lost is not None:
@@ -86,6 +93,7 @@ class SessionLock:
         try:
             yield
         finally:
+            done.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
