@@ -15,9 +15,12 @@ Keys are built by functions so the layout lives in one place:
                                          (turns.cancel_mode) holds the request if it is lost.
     compact_pending_key(sid)
                      turnq:compact:{sid} STRING  "a compaction is queued" (SET NX EX
-                                         compaction_pending_ttl_s): at most one pending
-                                         compaction per session.  The compaction task
-                                         deletes it when it starts.
+                                         compaction_pending_ttl_s), holding the request's
+                                         time: at most one pending compaction per session.
+                                         The compaction task deletes it when it starts; the
+                                         reaper asks again when it is older than
+                                         reaper_stale_s and the summarize queue is empty
+                                         (its message died with a killed summarizer).
     beat_job_key(job)
                      turnq:beat:{job}    STRING  single-runner lock of a beat job
                                          (``retention``, ``cluster_metrics``): SET NX PX

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
@@ -28,20 +29,43 @@ log = logging.getLogger(__name__)
 CAS_ATTEMPTS = 5
 
 
-async def request_compaction(rt: Runtime, session_id: str) -> bool:
-    """Queue one compaction for the session unless one is already pending."""
+async def request_compaction(
+    rt: Runtime, session_id: str, *, stale_after_s: float | None = None
+) -> bool:
+    """Queue one compaction for the session unless one is already pending.
+
+    The pending mark holds the time of the request.  ``stale_after_s`` (the reaper, when
+    the summarize queue is empty): a mark older than that belongs to a request whose
+    message a killed summarizer took with it -- received, not yet started, so it sits
+    unacked until ``visibility_timeout`` -- and the request is made again.
+    """
+    key = keys.compact_pending_key(session_id)
+    ttl = rt.settings.compaction_pending_ttl_s
+    now = time.time()
     try:
-        fresh = await rt.redis.set(
-            keys.compact_pending_key(session_id),
-            "1",
-            nx=True,
-            ex=rt.settings.compaction_pending_ttl_s,
-        )
+        fresh = await rt.redis.set(key, repr(now), nx=True, ex=ttl)
+        if not fresh and stale_after_s is not None:
+            since = _seconds(await rt.redis.get(key))
+            if since is not None and now - since > stale_after_s:
+                fresh = await rt.redis.set(key, repr(now), xx=True, ex=ttl)
+                log.warning(
+                    "compaction request lost with its worker; asking again",
+                    extra={"session_id": session_id},
+                )
     except RedisError:
         return False  # the reaper asks again for sessions still over budget
     if fresh:
         await rt.kick(keys.COMPACT_TASK, session_id)
     return bool(fresh)
+
+
+def _seconds(value: bytes | str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0  # a mark from before marks held their time: old enough
 
 
 async def compact(rt: Runtime, session_id: str) -> str:

@@ -67,7 +67,13 @@ async def _rekick_stale_turns(rt: Runtime) -> int:
 
 
 async def _request_overdue_compactions(rt: Runtime) -> None:
-    """Sessions over the trigger whose compaction request was lost (Redis flushed...)."""
+    """Sessions over the trigger whose compaction request was lost (Redis flushed, or its
+    message died with a killed summarizer: then the queue is empty but the session still
+    has an old pending mark)."""
     overdue = await CompactionStore(rt.store.engine).over_budget(rt.policy.trigger_tokens, BATCH)
+    if not overdue:
+        return
+    queued = await rt.redis.llen(keys.queue(keys.SUMMARIZE_QUEUE, rt.settings.namespace))
+    stale = rt.settings.reaper_stale_s if queued == 0 else None
     for sid in overdue:
-        await request_compaction(rt, sid)
+        await request_compaction(rt, sid, stale_after_s=stale)
