@@ -540,9 +540,23 @@ class Store:
         return row["cancel_mode"] if row is not None else None
 
     async def fail_turn(self, turn: TurnRecord, fence: int, error: str) -> None:
+        """Mark a running turn failed, under the session's row lock and our fence."""
         async with self.engine.begin() as conn:
             await self._check_fence(conn, turn.session_id, fence)
-            await self._finish(conn, turn.id, fence, TurnStatus.FAILED, error=error)
+            result = await conn.execute(
+                text(
+                    "UPDATE turns SET status = 'failed', error = :error, finished_at = now() "
+                    "WHERE id = :id AND status = ANY(:sources) AND fence = :fence"
+                ),
+                {
+                    "error": error,
+                    "id": turn.id,
+                    "sources": sources_of(TurnStatus.FAILED),
+                    "fence": fence,
+                },
+            )
+            if result.rowcount != 1:
+                raise Fenced(f"turn {turn.id} is no longer ours to finish")
 
     async def has_pending(self, session_id: str) -> bool:
         row = await self._call(
@@ -619,39 +633,3 @@ class Store:
         ).first()
         if row is None or int(row[0]) != fence:
             raise Fenced(f"session {session_id}: fence {fence} is stale")
-
-    async def _finish(
-        self,
-        conn: AsyncConnection,
-        turn_id: str,
-        fence: int,
-        status: TurnStatus,
-        *,
-        output: str | None = None,
-        error: str | None = None,
-        usage: dict[str, Any] | None = None,
-        context_tokens: int | None = None,
-        check_fence: bool = True,
-    ) -> None:
-        result = await conn.execute(
-            text(
-                """
-            UPDATE turns SET status = :status, output = :output, error = :error,
-                usage = CAST(:usage AS jsonb), context_tokens = :ctx, finished_at = now()
-            WHERE id = :id AND status = ANY(:sources)
-            """
-                + (" AND fence = :fence" if check_fence else "")
-            ),
-            {
-                "status": status.value,
-                "output": output,
-                "error": error,
-                "usage": json.dumps(usage) if usage is not None else None,
-                "ctx": context_tokens,
-                "id": turn_id,
-                "sources": sources_of(status),
-                "fence": fence,
-            },
-        )
-        if result.rowcount != 1:
-            raise Fenced(f"turn {turn_id} is no longer ours to finish")
