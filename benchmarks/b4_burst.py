@@ -9,7 +9,7 @@ starts), then resumed.  Read back through the client:
 * gap: the median time between one turn's finished_at and the next one's started_at
   (both Postgres timestamps), i.e. the worker's hand-over cost between turns
   of one session.  Since the worker completes a turn and claims the next in one
-  statement (``Store.complete_and_claim``), both timestamps are that transaction's
+  statement (``WorkerStore.complete``), both timestamps are that transaction's
   ``now()`` and the gap is 0 by construction; so the cycle is reported beside it:
   the median time from one turn's finished_at to the next one's, i.e. a whole turn
   on one session with the instant model, hand-over included.

@@ -1,6 +1,6 @@
 """B5: the write cost of a turn with 10 vs 2,000 items of history; the naive design beside.
 
-"Write cost" is the turn's commit: turnq's ``Store.complete_turn`` (fence check,
+"Write cost" is the turn's commit: turnq's ``WorkerStore.complete`` (fence check,
 INSERT of the turn's new items, UPDATE of the session's counters, UPDATE of the
 turn), timed in-process against the scratch database, alone: the turn is marked
 running by plain SQL, so nothing of the history's size is read before it (a claim or
@@ -50,6 +50,7 @@ from benchmarks.common import (
     turnq_worker,
 )
 from benchmarks.resources import Meter
+from tests.support.stores import Stores
 
 SIZES = (10, 2000)
 SESSIONS = 5  # per size and design; turns rotate over them
@@ -78,31 +79,31 @@ async def _timed(cpu: Cpu, fn: Callable[[], Awaitable[object]]) -> tuple[float, 
     return (time.perf_counter() - t0) * 1000, (cpu.now() - c0) * 1000
 
 
-async def _turnq_turn(store: Any, cpu: Cpu, sid: str, key: str, size: int) -> Timings:
-    """A turn's store work as the worker does it: claim (with context), load, commit."""
-    await store.enqueue("bench", key, "hello", None)
+async def _turnq_turn(store: Stores, cpu: Cpu, sid: str, key: str, size: int) -> Timings:
+    """A turn's store work as the worker does it: claim with its context ("load"), commit."""
+    await store.producer.enqueue("bench", key, "hello", None)
     claimed: list[Any] = []
 
     async def claim() -> None:
-        fence = await store.bump_fence(sid)
-        claimed.extend([fence, (await store.claim_next(sid, fence, 5))[0]])
+        claimed.append(await store.worker.claim(sid, None, 5))
 
-    claim_ms, _ = await _timed(cpu, claim)
-    fence, turn = claimed
-    load_ms, _ = await _timed(cpu, lambda: store.load_context(sid))
+    load_ms, _ = await _timed(cpu, claim)
+    turn, fence = claimed[0].turn, claimed[0].fence
     write_ms, _ = await _timed(
-        cpu, lambda: store.complete_turn(turn, fence, NEW_ITEMS, "ok", None, None)
+        cpu, lambda: store.worker.complete(turn, fence, NEW_ITEMS, "ok", None, None, None)
     )
     await _reset(store, sid, size)
-    return {"write_in_turn": write_ms, "load": load_ms, "whole": claim_ms + load_ms + write_ms}
+    return {"write_in_turn": write_ms, "load": load_ms, "whole": load_ms + write_ms}
 
 
-async def _turnq_write(store: Any, cpu: Cpu, sid: str, key: str, size: int) -> Timings:
+async def _turnq_write(store: Stores, cpu: Cpu, sid: str, key: str, size: int) -> Timings:
     """The commit alone: the turn is marked running by plain SQL (no context read), so
-    nothing of the history's size is touched before the timed ``complete_turn``."""
-    turn, _, _ = await store.enqueue("bench", key, "hello", None)
-    fence = await store.bump_fence(sid)
-    async with store.engine.begin() as conn:
+    nothing of the history's size is touched before the timed ``complete``."""
+    turn, _, _ = await store.producer.enqueue("bench", key, "hello", None)
+    bumped = await store.worker.claim(sid, None, None)  # a new holder's fence, no claim
+    assert bumped is not None
+    fence = bumped.fence
+    async with store.db.engine.begin() as conn:
         await conn.execute(
             text(
                 "UPDATE turns SET status = 'running', fence = :f, started_at = now() WHERE id = :t"
@@ -110,14 +111,14 @@ async def _turnq_write(store: Any, cpu: Cpu, sid: str, key: str, size: int) -> T
             {"f": fence, "t": turn.id},
         )
     write_ms, write_cpu = await _timed(
-        cpu, lambda: store.complete_turn(turn, fence, NEW_ITEMS, "ok", None, None)
+        cpu, lambda: store.worker.complete(turn, fence, NEW_ITEMS, "ok", None, None, None)
     )
     await _reset(store, sid, size)
     return {"write": write_ms, "write_cpu": write_cpu}
 
 
-async def _reset(store: Any, sid: str, size: int) -> None:
-    async with store.engine.begin() as conn:  # back to the seeded size, untimed
+async def _reset(store: Stores, sid: str, size: int) -> None:
+    async with store.db.engine.begin() as conn:  # back to the seeded size, untimed
         await conn.execute(
             text("DELETE FROM items WHERE session_id = :sid AND position >= :n"),
             {"sid": sid, "n": size},
@@ -141,10 +142,10 @@ async def _naive_turn(naive: NaiveStore, cpu: Cpu, sid: str, seeded: list[Any]) 
 
 
 async def _in_process(url: str, turns: int) -> dict[tuple[str, int], list[Timings]]:
-    from shared.store import Store, create_engine
+    from shared.store import Database, create_engine
 
     engine = create_engine(url, pool_size=1)
-    store, naive = Store(engine), NaiveStore(engine)
+    store, naive = Stores.of(Database(engine)), NaiveStore(engine)
     await naive.create()
     async with engine.connect() as conn:
         cpu = Cpu(int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()))

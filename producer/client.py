@@ -34,10 +34,9 @@ from shared.errors import InvalidInput, SessionNotFound, TurnNotFound, WaitTimeo
 from shared.kick import send_kick
 from shared.loop import LoopThread
 from shared.multitask import check_cancel_mode, check_multitask
-from shared.session_store import SessionStore
 from shared.settings import Settings, get_settings
-from shared.status import TurnStatus
-from shared.store import Item, SessionRecord, Store, TurnRecord
+from shared.status import TERMINAL, ErrorCode, TurnStatus
+from shared.store import Database, Item, ProducerStore, SessionRecord, TurnRecord
 from shared.validation import (
     check_content,
     check_event_id,
@@ -69,6 +68,7 @@ class TurnResult:
     input: str
     output: str | None
     error: str | None
+    error_code: ErrorCode | None  # why it failed (shared.status.ErrorCode); None otherwise
     usage: dict[str, Any] | None
     attempts: int
     context_tokens: int | None
@@ -78,7 +78,7 @@ class TurnResult:
 
     @property
     def terminal(self) -> bool:
-        return self.status in (TurnStatus.SUCCEEDED, TurnStatus.FAILED, TurnStatus.CANCELLED)
+        return self.status in TERMINAL
 
     @property
     def queue_wait_s(self) -> float | None:
@@ -100,6 +100,7 @@ class TurnResult:
             input=t.input,
             output=t.output,
             error=t.error,
+            error_code=t.error_code,
             usage=t.usage,
             attempts=t.attempts,
             context_tokens=t.context_tokens,
@@ -109,7 +110,7 @@ class TurnResult:
         )
 
 
-_TERMINAL = {"succeeded", "failed", "cancelled"}
+_TERMINAL = {s.value for s in TERMINAL}
 
 
 def _s(value: object) -> str:
@@ -122,9 +123,10 @@ def _terminal_event(fields: dict[Any, Any]) -> bool:
 
 
 class AsyncClient:
-    def __init__(self, settings: Settings, store: Store, redis: aioredis.Redis, celery: Celery):
+    def __init__(self, settings: Settings, db: Database, redis: aioredis.Redis, celery: Celery):
         self.settings = settings
-        self.store = store
+        self.db = db
+        self.store = ProducerStore(db)
         self.redis = redis
         self.celery = celery
 
@@ -133,7 +135,9 @@ class AsyncClient:
         s = settings or get_settings()
         return cls(
             s,
-            Store.connect(s.require_database_url(), s.db_pool_size, s.db_pool_timeout_s),
+            Database.connect(
+                s.require_database_url(), s.db_pool_size, s.db_pool_timeout_s, s.namespace
+            ),
             aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10),
             make_celery(s),
         )
@@ -147,7 +151,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.store.close()
+        await self.db.close()
         await self.redis.aclose()
 
     # ------------------------------------------------------------------ writes
@@ -180,7 +184,7 @@ class AsyncClient:
         """Cancel a turn: a queued one at once, a running one at its next safe point."""
         tid = check_turn_id(turn_id)
         check_id("user_id", user_id, self.settings.max_id_length)
-        record, signal, cancelled_now = await SessionStore(self.store.engine).cancel_turn(
+        record, signal, cancelled_now = await self.store.cancel_turn(
             tid, user_id, check_cancel_mode(mode)
         )
         if signal:
@@ -277,12 +281,12 @@ class AsyncClient:
         check_id("user_id", user_id, self.settings.max_id_length)
         if not 1 <= limit <= 200:
             raise InvalidInput("limit", "must be between 1 and 200")
-        return await SessionStore(self.store.engine).list_sessions(user_id, limit, cursor)
+        return await self.store.list_sessions(user_id, limit, cursor)
 
     async def delete_session(self, session_id: str, user_id: str) -> None:
         """Delete the session with its turns, items and summary (running turns are fenced out)."""
         record = await self.session(session_id, user_id)
-        await SessionStore(self.store.engine).delete_session(record.id)
+        await self.store.delete_session(record.id)
 
     async def items(
         self, session_id: str, user_id: str, after: int = -1, limit: int = 100
@@ -335,7 +339,7 @@ class AsyncClient:
     async def compactions(self, session_id: str, user_id: str) -> list[dict[str, Any]]:
         """The session's recent compactions, newest first (status, marks, tokens, errors)."""
         record = await self.session(session_id, user_id)
-        return await CompactionStore(self.store.engine).history(record.id)
+        return await CompactionStore(self.db).history(record.id)
 
     async def turns(self, session_id: str, user_id: str) -> list[TurnResult]:
         record = await self.session(session_id, user_id)

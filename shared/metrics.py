@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("turnq.turns")
 
 TURNS = Counter("turnq_turns_total", "Turns finished by a worker, by final status.", ["status"])
+TURN_FAILURES = Counter(
+    "turnq_turn_failures_total",
+    "Failed turns by error code (shared.status.ErrorCode).",
+    ["code"],
+)
 COMPACTIONS = Counter(
     "turnq_compactions_total",
     "Compaction attempts by strategy and outcome (succeeded, failed, conflict, noop).",
@@ -102,11 +107,6 @@ BEAT_JOBS = Counter(
 
 
 # ---------------------------------------------------------------------- turn events
-class _Usage(Protocol):
-    input_tokens: int
-    output_tokens: int
-
-
 def turn_started(turn: TurnRecord) -> float:
     """A worker claimed the turn: observe its queue wait, tag this task's logs with it.
 
@@ -131,10 +131,10 @@ def turn_started(turn: TurnRecord) -> float:
     return started
 
 
-def turn_finished(turn: TurnRecord, status: str, usage: _Usage) -> None:
+def turn_finished(turn: TurnRecord, status: str, input_tokens: int, output_tokens: int) -> None:
     """The turn's result is committed: observe its tokens, log one line (ids, no content)."""
-    TURN_TOKENS.labels(kind="input").observe(usage.input_tokens)
-    TURN_TOKENS.labels(kind="output").observe(usage.output_tokens)
+    TURN_TOKENS.labels(kind="input").observe(input_tokens)
+    TURN_TOKENS.labels(kind="output").observe(output_tokens)
     from shared.logging import log_context
 
     t0 = log_context().get("_turn_t0")
@@ -147,8 +147,8 @@ def turn_finished(turn: TurnRecord, status: str, usage: _Usage) -> None:
             "attempt": turn.attempts,
             "status": status,
             "run_s": round(time.perf_counter() - t0, 4) if isinstance(t0, float) else None,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
         },
     )
 

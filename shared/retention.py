@@ -11,7 +11,8 @@ secure and to expire.  Export first if you need one.
 * Idle means ``sessions.updated_at`` is older than the cutoff.  Every enqueue and every
   committed turn bumps it; so do SDK-session writes.  Sessions created implicitly by
   an enqueue, or by the SDK ``Session`` protocol with no turns at all, are covered alike.
-* A session with a queued or running turn is never deleted, however old.
+* A session with an open turn (queued, running or waiting) is never deleted, however old.
+* Only the deployment's own namespace (``TURNQ_NAMESPACE``) is swept.
 * Each batch is one transaction: ``SELECT ... FOR UPDATE SKIP LOCKED LIMIT batch`` then
   ``DELETE``.  Rows another transaction holds (an enqueue upserting the session, a
   second sweeper) are skipped, not waited for, so concurrent sweeps never delete the
@@ -30,14 +31,17 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.sql import render
+
 _EXPIRE = text(
-    """
+    render(
+        """
     WITH doomed AS (
         SELECT s.id FROM sessions s
-        WHERE s.updated_at < now() - make_interval(secs => :age)
+        WHERE s.updated_at < now() - make_interval(secs => :age) AND s.namespace = :ns
           AND NOT EXISTS (
               SELECT 1 FROM turns t
-              WHERE t.session_id = s.id AND t.status IN ('queued', 'running')
+              WHERE t.session_id = s.id AND t.status IN {{in:open}}
           )
         ORDER BY s.updated_at
         LIMIT :batch
@@ -46,6 +50,7 @@ _EXPIRE = text(
     DELETE FROM sessions WHERE id IN (SELECT id FROM doomed)
     RETURNING id
     """
+    )
 )
 
 
@@ -57,14 +62,20 @@ class RetentionReport:
 
 
 async def expire_idle_sessions(
-    engine: AsyncEngine, *, older_than_s: float, batch: int, batches: int
+    engine: AsyncEngine, *, older_than_s: float, batch: int, batches: int, namespace: str = ""
 ) -> RetentionReport:
     deleted = 0
     done = 0
     complete = False
     for _ in range(batches):
         async with engine.begin() as conn:
-            n = len((await conn.execute(_EXPIRE, {"age": older_than_s, "batch": batch})).all())
+            n = len(
+                (
+                    await conn.execute(
+                        _EXPIRE, {"age": older_than_s, "batch": batch, "ns": namespace}
+                    )
+                ).all()
+            )
         done += 1
         deleted += n
         if n < batch:
@@ -80,7 +91,9 @@ class ClusterStats:
     sessions_over_budget: int
 
 
-async def cluster_stats(engine: AsyncEngine, *, trigger_tokens: int) -> ClusterStats:
+async def cluster_stats(
+    engine: AsyncEngine, *, trigger_tokens: int, namespace: str = ""
+) -> ClusterStats:
     """One read-only transaction (consistent numbers), bounded by a statement timeout.
 
     Counting terminal turns scans the table; at tens of millions of turns, lengthen
@@ -91,20 +104,33 @@ async def cluster_stats(engine: AsyncEngine, *, trigger_tokens: int) -> ClusterS
         await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         await conn.execute(text("SET LOCAL statement_timeout = '20s'"))
         rows = (
-            await conn.execute(text("SELECT status, count(*) FROM turns GROUP BY status"))
+            await conn.execute(
+                text(
+                    "SELECT t.status, count(*) FROM turns t JOIN sessions s "
+                    "ON s.id = t.session_id WHERE s.namespace = :ns GROUP BY t.status"
+                ),
+                {"ns": namespace},
+            )
         ).all()
         oldest: float = (
             await conn.execute(
                 text(
-                    "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(queued_at)), 0) "
-                    "FROM turns WHERE status = 'queued'"
-                )
+                    render(
+                        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(t.queued_at)), 0) "
+                        "FROM turns t JOIN sessions s ON s.id = t.session_id "
+                        "WHERE t.status = {{status:queued}} AND s.namespace = :ns"
+                    )
+                ),
+                {"ns": namespace},
             )
         ).scalar_one()
         over: int = (
             await conn.execute(
-                text("SELECT count(*) FROM sessions WHERE context_tokens > :trigger"),
-                {"trigger": trigger_tokens},
+                text(
+                    "SELECT count(*) FROM sessions "
+                    "WHERE context_tokens > :trigger AND namespace = :ns"
+                ),
+                {"trigger": trigger_tokens, "ns": namespace},
             )
         ).scalar_one()
         await conn.rollback()

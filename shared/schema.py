@@ -2,9 +2,11 @@
 
 Three tables, Postgres being the source of truth for everything:
 
-* ``sessions`` — one row per (owner, session key).  Session keys are chosen by the
-  caller and are scoped to the owning user: two users who both say "support-1"
-  get two unrelated sessions, so nobody can write to, read, or even probe the
+* ``sessions`` — one row per (namespace, owner, session key); ``namespace`` is the
+  deployment's ``TURNQ_NAMESPACE``, so deployments sharing a database never meet.
+  Session keys are chosen by the caller and are scoped to the owning user: two
+  users who both say "support-1" get two unrelated sessions, so nobody can write
+  to, read, or even probe the
   existence of another user's session (I10).  ``id`` is the internal UUID every
   task message, lock and item carries.  ``fence`` is bumped by every worker that
   takes the session's lock; every write a worker makes checks it (I1).
@@ -37,18 +39,21 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
-from shared.status import TurnStatus
+from shared.sql import render
+from shared.status import ErrorCode, TurnStatus
 
 metadata = MetaData()
 
 _STATUSES = ", ".join(f"'{s.value}'" for s in TurnStatus)
+_CODES = ", ".join(f"'{c.value}'" for c in ErrorCode)
 
 sessions = Table(
     "sessions",
     metadata,
     Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("namespace", Text, nullable=False, server_default=text("''")),
     Column("user_id", Text, nullable=False),
     Column("key", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -64,8 +69,8 @@ sessions = Table(
     Column("summary_items", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("compacted_at", DateTime(timezone=True), nullable=True),
     Column("compaction_count", Integer, nullable=False, server_default="0"),
-    UniqueConstraint("user_id", "key", name="sessions_user_key"),
-    Index("sessions_user_updated", "user_id", "updated_at"),
+    UniqueConstraint("namespace", "user_id", "key", name="sessions_ns_user_key"),
+    Index("sessions_ns_user_updated", "namespace", "user_id", "updated_at"),
     Index("sessions_updated", "updated_at"),
 )
 
@@ -84,7 +89,11 @@ turns = Table(
     Column("input", Text, nullable=False),
     Column("output", Text, nullable=True),
     Column("error", Text, nullable=True),
-    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("error_code", Text, nullable=True),  # shared.status.ErrorCode when failed
+    Column("attempts", Integer, nullable=False, server_default="0"),  # executions started
+    # Fences of executions whose holder vanished (crash, kill, pause past the lock TTL):
+    # worker_lost is decided on these (docs/decisions/0006).
+    Column("lost_fences", ARRAY(BigInteger), nullable=False, server_default=text("'{}'")),
     Column("usage", JSONB, nullable=True),
     Column("context_tokens", Integer, nullable=True),
     Column("idempotency_key", Text, nullable=True),
@@ -96,6 +105,7 @@ turns = Table(
     Column("cancel_mode", Text, nullable=True),  # interrupt | rollback, set by a cancel request
     Column("cancel_requested_at", DateTime(timezone=True), nullable=True),
     CheckConstraint(f"status IN ({_STATUSES})", name="turns_status_valid"),
+    CheckConstraint(f"error_code IN ({_CODES})", name="turns_error_code_valid"),
     CheckConstraint("cancel_mode IN ('interrupt', 'rollback')", name="turns_cancel_mode_valid"),
     UniqueConstraint("session_id", "seq", name="turns_session_seq"),
     UniqueConstraint("session_id", "idempotency_key", name="turns_session_idempotency"),
@@ -106,15 +116,15 @@ turns = Table(
         postgresql_where=text("status = 'running'"),
     ),
     Index(
-        "turns_pending",
+        "turns_open",
         "session_id",
         "seq",
-        postgresql_where=text("status IN ('queued', 'running')"),
+        postgresql_where=text(render("status IN {{in:open}}")),
     ),
     Index(
         "turns_pending_age",
         "queued_at",
-        postgresql_where=text("status IN ('queued', 'running')"),
+        postgresql_where=text(render("status IN {{in:runnable}}")),
     ),
 )
 

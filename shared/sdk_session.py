@@ -101,12 +101,14 @@ class TurnqSession:
         engine: AsyncEngine | None = None,
         database_url: str | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
+        namespace: str | None = None,
     ) -> None:
         if engine is not None and database_url is not None:
             raise ValueError("pass engine or database_url, not both")
         max_id = get_settings().max_id_length
         self.session_id = check_id("session_id", session_id, max_id)
         self.user_id = check_id("user_id", user_id, max_id)
+        self.namespace = get_settings().namespace if namespace is None else namespace
         self.session_settings = (
             coerce_session_settings(session_settings)
             if session_settings is not None
@@ -162,11 +164,11 @@ class TurnqSession:
                     WHERE session_id = s.id AND position >= s.compaction_mark
                     ORDER BY position DESC LIMIT :n
                 ) i ON true
-                WHERE s.user_id = :u AND s.key = :k
+                WHERE s.namespace = :ns AND s.user_id = :u AND s.key = :k
                 ORDER BY i.position
                 """
                     ),
-                    {"u": self.user_id, "k": self.session_id, "n": n},
+                    {"ns": self.namespace, "u": self.user_id, "k": self.session_id, "n": n},
                 )
             ).all()
         if not rows:
@@ -190,10 +192,10 @@ class TurnqSession:
                     await conn.execute(
                         text(
                             """
-                    INSERT INTO sessions (id, user_id, key, item_count, transcript_tokens,
-                                          context_tokens)
-                    VALUES (:new_id, :u, :k, :n, :tokens, :tokens)
-                    ON CONFLICT (user_id, key) DO UPDATE SET
+                    INSERT INTO sessions (id, namespace, user_id, key, item_count,
+                                          transcript_tokens, context_tokens)
+                    VALUES (:new_id, :ns, :u, :k, :n, :tokens, :tokens)
+                    ON CONFLICT (namespace, user_id, key) DO UPDATE SET
                         item_count = sessions.item_count + EXCLUDED.item_count,
                         transcript_tokens = sessions.transcript_tokens
                                             + EXCLUDED.transcript_tokens,
@@ -204,6 +206,7 @@ class TurnqSession:
                         ),
                         {
                             "new_id": str(uuid.uuid4()),
+                            "ns": self.namespace,
                             "u": self.user_id,
                             "k": self.session_id,
                             "n": len(items),
@@ -236,9 +239,9 @@ class TurnqSession:
                 await conn.execute(
                     text(
                         "SELECT id::text, compaction_mark FROM sessions "
-                        "WHERE user_id = :u AND key = :k FOR UPDATE"
+                        "WHERE namespace = :ns AND user_id = :u AND key = :k FOR UPDATE"
                     ),
-                    {"u": self.user_id, "k": self.session_id},
+                    {"ns": self.namespace, "u": self.user_id, "k": self.session_id},
                 )
             ).first()
             if srow is None:
@@ -283,11 +286,11 @@ class TurnqSession:
                     summary_items = '[]'::jsonb,
                     summary_tokens = 0, transcript_tokens = 0, context_tokens = 0,
                     updated_at = now()
-                WHERE user_id = :u AND key = :k
+                WHERE namespace = :ns AND user_id = :u AND key = :k
                 RETURNING id::text
                 """
                     ),
-                    {"u": self.user_id, "k": self.session_id},
+                    {"ns": self.namespace, "u": self.user_id, "k": self.session_id},
                 )
             ).first()
             if row is not None:

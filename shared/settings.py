@@ -52,14 +52,20 @@ class Settings(BaseSettings):
     chat_model: str = "gpt-4.1-mini"
     summarizer_model: str = "gpt-4.1-nano"
     tracing: bool = False
-    model_timeout_s: float = 120.0
-    model_retries: int = Field(default=3, ge=0, le=10)
-    model_retry_backoff_s: float = 0.5
+    model_timeout_s: float = 120.0  # one model request; a timeout is retried (transient)
+    # The one retry layer for model calls (workers/retry.py): the OpenAI client's own
+    # retries are off.  Bounded in count and in total time per model call.
+    model_retries: int = Field(default=3, ge=0, le=20)
+    model_retry_backoff_s: float = Field(default=0.5, ge=0)
+    model_retry_max_delay_s: float = Field(default=30.0, ge=0)
+    model_retry_budget_s: float = Field(default=120.0, ge=0)
 
     # --- turn pipeline ----------------------------------------------------
     lock_ttl_s: float = Field(default=30.0, gt=0.2)
     heartbeat_s: float | None = None  # default: lock_ttl_s / 3
     turn_timeout_s: float = Field(default=300.0, gt=0)
+    # A turn whose worker vanished (crash, OOM, kill) this many times while running it is
+    # failed with worker_lost; pauses, lock hand-overs and redeliveries never count.
     max_attempts: int = Field(default=5, ge=1, le=100)
     db_pool_size: int = Field(
         default=10,

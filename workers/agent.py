@@ -7,9 +7,12 @@ import happens once per worker process (``import agents`` alone costs ~2.6 s).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
-from agents import Agent
+from agents import Agent, Handoff, Model
+
+from workers.models import wrapped
 
 
 class AgentSpecError(ValueError):
@@ -43,3 +46,38 @@ def load_agent(spec: str) -> Agent[Any]:
             f"TURNQ_AGENT: {spec!r} is neither an Agent nor a factory returning one"
         )
     return agent
+
+
+def agent_graph(entry: Agent[Any]) -> Iterator[Agent[Any]]:
+    """Every agent reachable from ``entry`` through handoffs, each once, entry first."""
+    seen: set[int] = set()
+    todo: list[Agent[Any]] = [entry]
+    while todo:
+        agent = todo.pop(0)
+        if id(agent) in seen:
+            continue
+        seen.add(id(agent))
+        yield agent
+        for target in agent.handoffs:
+            if isinstance(target, Agent):
+                todo.append(target)
+            elif isinstance(target, Handoff):
+                ref = getattr(target, "_agent_ref", None)  # set by agents.handoff(agent)
+                found = ref() if ref is not None else None
+                if isinstance(found, Agent):
+                    todo.append(found)
+
+
+def wrap_agent_models(entry: Agent[Any], default_model: str) -> None:
+    """Route every model call of the graph through turnq (``workers.models``).
+
+    An agent given a ``Model`` object gets it wrapped in place (the worker owns the
+    agents it imported); one with no model gets the deployment's chat model by name,
+    which ``RunConfig.model_provider`` resolves -- so a handoff target without a model
+    never falls through to the SDK's default OpenAI provider.
+    """
+    for agent in agent_graph(entry):
+        if isinstance(agent.model, Model):
+            agent.model = wrapped(agent.model)
+        elif not agent.model:
+            agent.model = default_model

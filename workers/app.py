@@ -133,7 +133,7 @@ def reap_task() -> int:
 def retention_task() -> int:
     """Delete sessions idle past TURNQ_SESSION_RETENTION_S (bounded batches; one runner)."""
     rt = runtime()
-    job = expire_sessions(rt.redis, rt.store.engine, rt.settings)
+    job = expire_sessions(rt.redis, rt.db.engine, rt.settings)
     report = rt.run(_in_context(job, **_task_fields(retention_task)))
     return report.deleted if report else 0
 
@@ -142,7 +142,7 @@ def retention_task() -> int:
 def cluster_metrics_task() -> bool:
     """Snapshot queue depths and turn counts into Redis for every /metrics to expose."""
     rt = runtime()
-    job = publish_cluster_metrics(rt.redis, rt.store.engine, rt.settings, rt.policy.trigger_tokens)
+    job = publish_cluster_metrics(rt.redis, rt.db.engine, rt.settings, rt.policy.trigger_tokens)
     return rt.run(_in_context(job, **_task_fields(cluster_metrics_task))) is not None
 
 

@@ -71,7 +71,7 @@ def _seconds(value: bytes | str | None) -> float | None:
 async def compact(rt: Runtime, session_id: str) -> str:
     with contextlib.suppress(RedisError):
         await rt.redis.delete(keys.compact_pending_key(session_id))
-    cstore = CompactionStore(rt.store.engine)
+    cstore = CompactionStore(rt.db)
     strategy = get_strategy(rt.policy.strategy)
     for attempt in range(1, CAS_ATTEMPTS + 1):
         started = datetime.now(UTC)

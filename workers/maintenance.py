@@ -59,6 +59,7 @@ async def expire_sessions(
             older_than_s=settings.session_retention_s,
             batch=settings.retention_batch_size,
             batches=settings.retention_max_batches,
+            namespace=settings.namespace,
         )
     except Exception:
         metrics.BEAT_JOBS.labels(job="retention", outcome="failed").inc()
@@ -110,7 +111,8 @@ async def publish_cluster_metrics(
             return None
     try:
         stats, depths = await asyncio.gather(
-            cluster_stats(engine, trigger_tokens=trigger_tokens), queue_depths(redis)
+            cluster_stats(engine, trigger_tokens=trigger_tokens, namespace=settings.namespace),
+            queue_depths(redis),
         )
         snap = ClusterSnapshot(
             taken_at=time.time(),

@@ -48,7 +48,7 @@ async def reap(rt: Runtime) -> int:
 
 
 async def _rekick_stale_turns(rt: Runtime) -> int:
-    stale = await rt.store.stale_sessions(rt.settings.reaper_stale_s, BATCH)
+    stale = await rt.sweeps.stale_sessions(rt.settings.reaper_stale_s, BATCH)
     if not stale:
         return 0
     async with rt.redis.pipeline(transaction=False) as pipe:
@@ -59,7 +59,7 @@ async def _rekick_stale_turns(rt: Runtime) -> int:
     for sid in orphaned:
         await rt.kick(keys.DRAIN_TASK, sid)
     # Sessions whose lock is live are marked too, so a big backlog rotates through the batch.
-    await rt.store.mark_kicked(stale)
+    await rt.sweeps.mark_kicked(stale)
     if orphaned:
         metrics.REAPER_RECOVERIES.inc(len(orphaned))
         log.info("reaper re-kicked sessions", extra={"count": len(orphaned)})
@@ -70,7 +70,7 @@ async def _request_overdue_compactions(rt: Runtime) -> None:
     """Sessions over the trigger whose compaction request was lost (Redis flushed, or its
     message died with a killed summarizer: then the queue is empty but the session still
     has an old pending mark)."""
-    overdue = await CompactionStore(rt.store.engine).over_budget(rt.policy.trigger_tokens, BATCH)
+    overdue = await CompactionStore(rt.db).over_budget(rt.policy.trigger_tokens, BATCH)
     if not overdue:
         return
     queued = await rt.redis.llen(keys.queue(keys.SUMMARIZE_QUEUE, rt.settings.namespace))

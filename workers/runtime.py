@@ -25,11 +25,13 @@ from agents import Agent, ModelSettings, RunConfig
 
 from shared.compaction.base import ContextPolicy, Summarizer, policy_from_settings
 from shared.loop import LoopThread
+from shared.models import build_model_provider
 from shared.settings import Settings, get_settings
-from shared.store import Store
+from shared.store import Database, MaintenanceStore, WorkerStore
 from shared.tokens import TokenEstimator, default_estimator
-from workers.agent import load_agent, load_context_overrides
+from workers.agent import load_agent, load_context_overrides, wrap_agent_models
 from workers.context import budget_filter, overhead_tokens
+from workers.models import TurnqProvider
 from workers.streaming import CancelListener
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ T = TypeVar("T")
 class Runtime:
     settings: Settings
     portal: LoopThread
-    store: Store
+    db: Database
     redis: aioredis.Redis
     agent: Agent[Any]
     run_config: RunConfig
@@ -52,6 +54,10 @@ class Runtime:
     _summarizer: Summarizer | None = None
     _cancels: CancelListener | None = None
     stopping: bool = False  # warm shutdown began: finish the current turn, claim no more
+
+    def __post_init__(self) -> None:
+        self.turns = WorkerStore(self.db)
+        self.sweeps = MaintenanceStore(self.db)
 
     @property
     def cancels(self) -> CancelListener:
@@ -89,7 +95,7 @@ class Runtime:
         async def _close() -> None:
             if self._cancels is not None:
                 await self._cancels.close()
-            await self.store.close()
+            await self.db.close()
             await self.redis.aclose()
 
         try:
@@ -122,9 +128,12 @@ def close_runtime() -> None:
 def _build(settings: Settings) -> Runtime:
     portal = LoopThread("turnq-loop")
 
-    async def _connect() -> tuple[Store, aioredis.Redis]:
-        store = Store.connect(
-            settings.require_database_url(), settings.db_pool_size, settings.db_pool_timeout_s
+    async def _connect() -> tuple[Database, aioredis.Redis]:
+        db = Database.connect(
+            settings.require_database_url(),
+            settings.db_pool_size,
+            settings.db_pool_timeout_s,
+            namespace=settings.namespace,
         )
         redis = aioredis.Redis.from_url(
             settings.require_redis_url(),
@@ -133,15 +142,15 @@ def _build(settings: Settings) -> Runtime:
             health_check_interval=10,
             max_connections=max(50, settings.worker_concurrency * 2),
         )
-        return store, redis
+        return db, redis
 
-    store, redis = portal.run(_connect())
+    db, redis = portal.run(_connect())
     agent = load_agent(settings.agent)
-    if agent.model is None or agent.model == "":
-        from shared.models import chat_model
-
-        agent = agent.clone(model=chat_model(settings))
+    wrap_agent_models(agent, settings.chat_model)  # every model call through turnq
     run_config = RunConfig(
+        # Every model name (and every agent without a model, handoff targets included)
+        # resolves through the deployment's provider: offline, a base URL, or OpenAI.
+        model_provider=TurnqProvider(build_model_provider(settings)),
         # Streamed Chat Completions report usage only when asked; usage drives the budget.
         model_settings=ModelSettings(include_usage=True),
         tracing_disabled=not settings.tracing,
@@ -153,7 +162,7 @@ def _build(settings: Settings) -> Runtime:
     return Runtime(
         settings,
         portal,
-        store,
+        db,
         redis,
         agent,
         run_config,

@@ -90,7 +90,7 @@ async def stream_run(
 
     async def watch() -> None:
         await stop.wait()
-        mode = await rt.store.cancel_mode(turn_id)
+        mode = await rt.turns.cancel_mode(turn_id)
         result.cancel(mode="immediate" if mode == "rollback" else "after_turn")
 
     watcher = asyncio.create_task(watch())

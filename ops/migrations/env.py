@@ -5,9 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, text
 
+from ops.migrate import MIGRATION_LOCK  # parallel `turnq migrate` runs wait, not race
 from shared.schema import metadata
-
-MIGRATION_LOCK = 727_274_001  # pg_advisory_lock key: parallel `turnq migrate` runs wait, not race
 
 
 def run_migrations_online() -> None:

@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.gateway = Gateway(
             settings=settings,
             client=client,
-            keys=KeyStore(client.store.engine),
+            keys=KeyStore(client.db.engine),
             limiter=RateLimiter(
                 client.redis,
                 rate_per_s=settings.gateway_rate_per_s,
@@ -164,7 +164,7 @@ async def _timed(check: Callable[[], Awaitable[object]]) -> Dep:
 
 async def _check_postgres(client: AsyncClient) -> Dep:
     async def query() -> None:
-        async with client.store.engine.connect() as conn:
+        async with client.db.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     return await _timed(query)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from producer.client import TurnResult
 from shared.multitask import CancelMode, Multitask
-from shared.status import TurnStatus
+from shared.status import ErrorCode, TurnStatus
 from shared.store import SessionRecord
 
 # shared.validation's id rule, as a JSON Schema pattern (the server checks it again).
@@ -74,7 +74,10 @@ class TurnView(BaseModel):
     status: TurnStatus
     input: str
     output: str | None
-    error: str | None
+    error: str | None = Field(description="why it failed or was cancelled, for people")
+    error_code: ErrorCode | None = Field(
+        description="why it failed, for programs: a closed set (see docs/http-api.md)"
+    )
     usage: dict[str, Any] | None = Field(
         description="model usage: requests, input_tokens, output_tokens, total_tokens, ..."
     )
@@ -97,6 +100,7 @@ class TurnView(BaseModel):
             input=t.input,
             output=t.output,
             error=t.error,
+            error_code=t.error_code,
             usage=t.usage,
             attempts=t.attempts,
             context_tokens=t.context_tokens,

@@ -18,15 +18,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.compaction.base import CompactionResult, Snapshot, ViewItem
-from shared.store import estimate_tokens
+from shared.store import Database, estimate_tokens
 
 
 class CompactionStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine
+        self.namespace = db.namespace
 
     async def snapshot(self, session_id: str) -> Snapshot | None:
         async with self.engine.connect() as conn:
@@ -196,13 +197,13 @@ class CompactionStore:
                     text(
                         """
                 SELECT id::text FROM sessions
-                WHERE context_tokens > :trigger
+                WHERE namespace = :ns AND context_tokens > :trigger
                   AND updated_at < now() - interval '5 seconds'
                   AND (compacted_at IS NULL OR compacted_at < updated_at)
                 ORDER BY updated_at LIMIT :limit
                 """
                     ),
-                    {"trigger": trigger_tokens, "limit": limit},
+                    {"trigger": trigger_tokens, "limit": limit, "ns": self.namespace},
                 )
             ).all()
         return [r[0] for r in rows]

@@ -1,16 +1,18 @@
 -- Heartbeat of a session lock.
 -- KEYS[1] = lock_key(session_id)
 -- ARGV[1] = our token, ARGV[2] = TTL in milliseconds
--- returns 1: renewed; 2: the key was gone (Redis restarted or flushed) and we took it
--- back with our token; 0: someone else holds it now (we lost it: stop, the fence
--- will refuse our writes anyway).
+-- returns 1: renewed; 2: the key is gone; 0: someone else holds it now (we lost it:
+-- stop, the fence refuses our writes anyway).
+-- A missing key is NOT re-created here: it is gone after a Redis flush or restart (we
+-- still own the session), but also after it expired under a paused holder (someone may
+-- have taken the session over since).  The holder takes it back (SET NX) only after
+-- checking in Postgres that its fence is still the session's (shared/locks.py).
 local current = redis.call("GET", KEYS[1])
 if current == ARGV[1] then
     redis.call("PEXPIRE", KEYS[1], ARGV[2])
     return 1
 end
 if not current then
-    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
     return 2
 end
 return 0

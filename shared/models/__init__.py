@@ -29,11 +29,12 @@ def _client(settings: Settings) -> AsyncOpenAI:
     from openai import AsyncOpenAI
 
     # "unused": a base_url-only setup (stub server, local gateway) still needs a non-empty key.
+    # max_retries=0: turnq's retry policy (workers/retry.py) is the one retry layer.
     return AsyncOpenAI(
         api_key=settings.openai_api_key or "unused",
         base_url=settings.openai_base_url,
         timeout=settings.model_timeout_s,
-        max_retries=settings.model_retries,
+        max_retries=0,
     )
 
 

@@ -82,7 +82,7 @@ async def client(stack_env: dict[str, str]) -> AsyncIterator[AsyncClient]:
 
 
 async def _counts(client: AsyncClient) -> tuple[int, int, int]:
-    async with client.store.engine.connect() as conn:
+    async with client.db.engine.connect() as conn:
         row = (
             await conn.execute(
                 text(

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from shared.compaction.base import CompactionResult, ContextPolicy, policy_from_settings
 from shared.compaction.store import CompactionStore
 from shared.settings import Settings
-from shared.store import Store, create_engine
+from tests.support.stores import Stores, stores_on
 from workers.agent import load_context_overrides
 
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
@@ -20,38 +20,30 @@ pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
 @pytest.fixture
 async def store(stack_env: dict[str, str]) -> Any:
-    s = Store(create_engine(stack_env["TURNQ_DATABASE_URL"]))
-    yield s
-    await s.close()
+    async with stores_on(stack_env["TURNQ_DATABASE_URL"]) as s:
+        yield s
 
 
-async def add_turn(store: Store, user: str, key: str, text: str) -> None:
-    turn, _, _ = await store.enqueue(user, key, text, None)
-    fence = await store.bump_fence(turn.session_id)
-    assert fence is not None
-    claimed, _ = await store.claim_next(turn.session_id, fence, 5)
-    assert claimed is not None
+async def add_turn(store: Stores, user: str, key: str, text: str) -> None:
     answer = {
         "type": "message",
         "role": "assistant",
         "content": [{"type": "output_text", "text": f"re: {text}"}],
     }
-    await store.complete_turn(
-        claimed, fence, [{"role": "user", "content": text}, answer], "ok", None, None
-    )
+    await store.add_turn(user, key, [{"role": "user", "content": text}, answer])
 
 
-async def session_with_turns(store: Store, uid: str, n: int) -> str:
+async def session_with_turns(store: Stores, uid: str, n: int) -> str:
     for i in range(n):
         await add_turn(store, f"u-{uid}", f"s-{uid}", f"message {i}")
-    record = await store.get_session(f"u-{uid}", f"s-{uid}")
+    record = await store.producer.get_session(f"u-{uid}", f"s-{uid}")
     assert record is not None
     return record.id
 
 
-async def test_commit_moves_mark_and_keeps_transcript(store: Store, uid: str) -> None:
+async def test_commit_moves_mark_and_keeps_transcript(store: Stores, uid: str) -> None:
     sid = await session_with_turns(store, uid, 5)
-    cstore = CompactionStore(store.engine)
+    cstore = CompactionStore(store.db)
     snap = await cstore.snapshot(sid)
     assert snap is not None and snap.mark == 0 and len(snap.items) == 10
     after = await cstore.commit(
@@ -59,33 +51,33 @@ async def test_commit_moves_mark_and_keeps_transcript(store: Store, uid: str) ->
         started_at=datetime.now(UTC),
     )  # fmt: skip
     assert after is not None and after < snap.tokens
-    record = await store.get_session_by_id(sid)
+    record = await store.session(sid)
     assert record is not None and record.compaction_mark == 6 and record.summary
-    assert len(await store.history(sid)) == 10  # nothing deleted
-    ctx = await store.load_context(sid)
+    assert len(await store.producer.history(sid)) == 10  # nothing deleted
+    ctx = await store.context(sid)
     assert ctx.first_position == 6 and len(ctx.items) == 4
     assert [c["status"] for c in await cstore.history(sid)] == ["succeeded"]
 
 
-async def test_lost_cas_writes_nothing(store: Store, uid: str) -> None:
+async def test_lost_cas_writes_nothing(store: Stores, uid: str) -> None:
     sid = await session_with_turns(store, uid, 4)
-    cstore = CompactionStore(store.engine)
+    cstore = CompactionStore(store.db)
     first, second = await cstore.snapshot(sid), await cstore.snapshot(sid)
     assert first is not None and second is not None
     now = datetime.now(UTC)
     assert await cstore.commit(second, CompactionResult(4, "B wins"), strategy="s", started_at=now)
     lost = await cstore.commit(first, CompactionResult(6, "A loses"), strategy="s", started_at=now)
     assert lost is None
-    record = await store.get_session_by_id(sid)
+    record = await store.session(sid)
     assert record is not None and record.summary == "B wins" and record.compaction_mark == 4
     assert sorted(c["status"] for c in await cstore.history(sid)) == ["conflict", "succeeded"]
 
 
 async def test_turn_committed_during_compaction_stays_after_the_mark(
-    store: Store, uid: str
+    store: Stores, uid: str
 ) -> None:
     sid = await session_with_turns(store, uid, 3)
-    cstore = CompactionStore(store.engine)
+    cstore = CompactionStore(store.db)
     snap = await cstore.snapshot(sid)
     assert snap is not None
     await add_turn(store, f"u-{uid}", f"s-{uid}", "arrived while summarizing")
@@ -93,7 +85,7 @@ async def test_turn_committed_during_compaction_stays_after_the_mark(
         snap, CompactionResult(4, "summary"), strategy="s", started_at=datetime.now(UTC)
     )
     assert after is not None
-    ctx = await store.load_context(sid)
+    ctx = await store.context(sid)
     assert [i.get("content") for i in ctx.items if i.get("role") == "user"] == [
         "message 2",
         "arrived while summarizing",
@@ -103,12 +95,12 @@ async def test_turn_committed_during_compaction_stays_after_the_mark(
 
 
 async def test_compact_retries_on_fresh_data_after_a_lost_cas(
-    store: Store, stack_env: dict[str, str], uid: str
+    store: Stores, stack_env: dict[str, str], uid: str
 ) -> None:
     from workers.compact import compact
 
     sid = await session_with_turns(store, uid, 12)
-    cstore = CompactionStore(store.engine)
+    cstore = CompactionStore(store.db)
     calls = 0
 
     async def racing_summarizer(previous: str | None, evicted: Any, *, max_tokens: int) -> str:
@@ -125,7 +117,7 @@ async def test_compact_retries_on_fresh_data_after_a_lost_cas(
     redis = aioredis.Redis.from_url(stack_env["TURNQ_REDIS_URL"])
     rt = types.SimpleNamespace(
         redis=redis,
-        store=store,
+        db=store.db,
         policy=ContextPolicy(
             window_tokens=400,
             trigger_tokens=60,
@@ -141,7 +133,7 @@ async def test_compact_retries_on_fresh_data_after_a_lost_cas(
         await redis.aclose()
     statuses = [c["status"] for c in reversed(await cstore.history(sid))]
     assert statuses[-2:] == ["conflict", "succeeded"]
-    record = await store.get_session_by_id(sid)
+    record = await store.session(sid)
     assert record is not None and (record.summary or "").startswith("summary 2 of")
     assert record.compaction_mark > 2
 

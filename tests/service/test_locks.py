@@ -55,8 +55,59 @@ async def test_renew_extends_and_retakes_after_flush(r: Any, uid: str) -> None:
     assert await a.renew()
     assert 0 < await r.pttl(a.key) <= 1000
     await r.delete(a.key)  # what FLUSHALL or a Redis restart does to it
-    assert await a.renew()
+
+    async def fence_still_current() -> bool:
+        return True
+
+    assert await a.renew(fence_still_current)
     assert await a.holder() == a.token
+    assert 0 < await r.pttl(a.key) <= 1000
+
+
+async def test_a_vanished_key_is_not_taken_back_once_the_session_moved_on(r: Any, uid: str) -> None:
+    """The key expired under a paused holder and another worker took the session over
+    (its fence moved), or nobody can tell: the stale holder must stop, not re-create it."""
+    a = SessionLock(r, uid, ttl_s=1)
+    assert await a.acquire()
+    await r.delete(a.key)
+
+    async def fence_moved() -> bool:
+        return False
+
+    assert not await a.renew(fence_moved)
+    assert not await a.renew()  # no way to check: never taken back blindly
+    assert await a.holder() is None
+    b = SessionLock(r, uid, ttl_s=5)
+    assert await b.acquire()  # the session is free for the next holder
+
+
+async def test_take_back_loses_to_a_holder_that_got_there_first(r: Any, uid: str) -> None:
+    """The fence check and the SET NX are two steps: if another worker took the key in
+    between, SET NX fails and the old holder stops."""
+    a, b = SessionLock(r, uid, ttl_s=5), SessionLock(r, uid, ttl_s=5)
+    assert await a.acquire()
+    await r.delete(a.key)
+
+    async def b_wins_meanwhile() -> bool:
+        assert await b.acquire()
+        return True  # the fence still looked current when a checked it
+
+    assert not await a.renew(b_wins_meanwhile)
+    assert await b.holder() == b.token
+
+
+async def test_heartbeat_stops_when_postgres_cannot_confirm_the_fence(r: Any, uid: str) -> None:
+    a = SessionLock(r, uid, ttl_s=3, heartbeat_s=0.05)
+    assert await a.acquire()
+    lost = asyncio.Event()
+
+    async def postgres_down() -> bool:
+        raise OSError("connection refused")
+
+    async with a.heartbeat(on_lost=lost.set, still_ours=postgres_down):
+        await r.delete(a.key)
+        await asyncio.wait_for(lost.wait(), 5)
+    assert a.lost and await a.holder() is None
 
 
 async def test_heartbeat_reports_loss(r: Any, uid: str) -> None:

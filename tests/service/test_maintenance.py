@@ -23,7 +23,7 @@ from shared import keys
 from shared.metrics import ClusterSnapshot, register_cluster_collector
 from shared.retention import expire_idle_sessions
 from shared.settings import Settings, get_settings
-from shared.store import Store, create_engine
+from shared.store import Database, ProducerStore, WorkerStore, create_engine
 from tests.conftest import NAMESPACE
 from workers.maintenance import expire_sessions, publish_cluster_metrics
 
@@ -72,6 +72,11 @@ def settings(**overrides: Any) -> Settings:
     return get_settings().model_copy(update={**base, **overrides})
 
 
+def producer_store(engine: AsyncEngine) -> ProducerStore:
+    """On the test's own namespace (the ``ns`` fixture), which the jobs sweep."""
+    return ProducerStore(Database(engine, namespace=get_settings().namespace))
+
+
 async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as conn:
         return (await conn.execute(text(sql), params)).scalar()
@@ -83,13 +88,13 @@ async def bulk_sessions(engine: AsyncEngine, user: str, n: int, days_idle: float
         await conn.execute(
             text(
                 """
-            INSERT INTO sessions (id, user_id, key, created_at, updated_at)
-            SELECT gen_random_uuid(), :user, 'bulk-' || g,
+            INSERT INTO sessions (id, namespace, user_id, key, created_at, updated_at)
+            SELECT gen_random_uuid(), :ns, :user, 'bulk-' || g,
                    now() - make_interval(days => :days), now() - make_interval(days => :days)
             FROM generate_series(1, :n) g
             """
             ),
-            {"user": user, "n": n, "days": int(days_idle)},
+            {"user": user, "n": n, "days": int(days_idle), "ns": get_settings().namespace},
         )
 
 
@@ -103,10 +108,12 @@ async def age_session(engine: AsyncEngine, session_id: str, days: int = OLD_DAYS
         )
 
 
-async def finished_session(store: Store, user: str, key: str, status: str = "succeeded") -> str:
+async def finished_session(
+    store: ProducerStore, user: str, key: str, status: str = "succeeded"
+) -> str:
     """A session created by enqueue whose turns are over, with items in its transcript."""
     turn, _, _ = await store.enqueue(user, key, "hello", None)
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         await conn.execute(
             text("UPDATE turns SET status = :st, finished_at = now() WHERE id = :id"),
             {"st": status, "id": turn.id},
@@ -134,7 +141,7 @@ async def remaining(engine: AsyncEngine, user: str) -> int:
 async def test_retention_deletes_idle_sessions_in_bounded_batches(
     ns: str, r: aioredis.Redis, engine: AsyncEngine, uid: str
 ) -> None:
-    store = Store(engine)
+    store = producer_store(engine)
     user = f"ret-{uid}"
     await bulk_sessions(engine, user, 1195, OLD_DAYS)
     done = [await finished_session(store, user, f"done-{i}") for i in range(3)]
@@ -144,9 +151,8 @@ async def test_retention_deletes_idle_sessions_in_bounded_batches(
         await age_session(engine, sid)
     queued, _, _ = await store.enqueue(user, "queued", "still waiting", None)
     running, _, _ = await store.enqueue(user, "running", "still running", None)
-    fence = await store.bump_fence(running.session_id)
-    assert fence is not None
-    await store.claim_next(running.session_id, fence, max_attempts=3)
+    claim = await WorkerStore(store.db).claim(running.session_id, None, 3)
+    assert claim is not None and claim.turn is not None
     for sid in (queued.session_id, running.session_id):
         await age_session(engine, sid, OLD_DAYS + 1)  # the oldest of all
     recent = await finished_session(store, user, "recent")
@@ -187,7 +193,9 @@ async def test_concurrent_sweeps_never_double_delete(
     await bulk_sessions(engine, user, 1000, OLD_DAYS)
     reports = await asyncio.gather(
         *(
-            expire_idle_sessions(engine, older_than_s=RETENTION_S, batch=40, batches=100)
+            expire_idle_sessions(
+                engine, older_than_s=RETENTION_S, batch=40, batches=100, namespace=ns
+            )
             for _ in range(5)
         )
     )
@@ -208,7 +216,7 @@ async def test_a_session_locked_by_an_enqueue_is_skipped_not_waited_for(
     ns: str, r: aioredis.Redis, engine: AsyncEngine, uid: str
 ) -> None:
     user = f"lock-{uid}"
-    store = Store(engine)
+    store = producer_store(engine)
     sid = await finished_session(store, user, "busy")
     await age_session(engine, sid)
     await bulk_sessions(engine, user, 10, OLD_DAYS)
@@ -239,7 +247,7 @@ async def _delete_user(engine: AsyncEngine, user: str) -> None:
 async def test_cluster_snapshot_matches_reality_and_is_exposed(
     ns: str, r: aioredis.Redis, engine: AsyncEngine, stack_env: dict[str, str], uid: str
 ) -> None:
-    store = Store(engine)
+    store = producer_store(engine)
     user = f"met-{uid}"
     registry = CollectorRegistry()
     sync = redis.Redis.from_url(stack_env["TURNQ_REDIS_URL"])
@@ -269,9 +277,20 @@ async def test_cluster_snapshot_matches_reality_and_is_exposed(
     trigger = 96_000
     snap = await publish_cluster_metrics(r, engine, get_settings(), trigger)
     assert snap is not None
-    by_status = dict(await rows(engine, "SELECT status, count(*) FROM turns GROUP BY status"))
+    # The snapshot covers this deployment's namespace (the ns fixture) only.
+    by_status = dict(
+        await rows(
+            engine,
+            "SELECT t.status, count(*) FROM turns t JOIN sessions s ON s.id = t.session_id "
+            "WHERE s.namespace = :ns GROUP BY t.status",
+            ns=ns,
+        )
+    )
     over = await scalar(
-        engine, "SELECT count(*) FROM sessions WHERE context_tokens > :t", t=trigger
+        engine,
+        "SELECT count(*) FROM sessions WHERE context_tokens > :t AND namespace = :ns",
+        t=trigger,
+        ns=ns,
     )
     assert dict(snap.queue_depth) == {"turns": 3, "summarize": 2, "maintenance": 0}
     assert dict(snap.turns_by_status) == by_status and by_status["queued"] >= 2
@@ -292,7 +311,7 @@ async def test_cluster_snapshot_matches_reality_and_is_exposed(
     assert sample("turnq_queue_depth", queue="turns") == 3
     assert sample("turnq_queue_depth", queue="summarize") == 2
     assert sample("turnq_queue_depth", queue="maintenance") == 0
-    for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+    for status in ("queued", "running", "waiting", "succeeded", "failed", "cancelled"):
         assert sample("turnq_turns_by_status", status=status) == by_status.get(status, 0)
     assert sample("turnq_oldest_queued_turn_age_seconds") == snap.oldest_queued_turn_age_s
     assert sample("turnq_sessions_over_budget") == over

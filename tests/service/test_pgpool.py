@@ -72,13 +72,14 @@ async def test_fails_at_once_when_postgres_is_down_and_recovers_after() -> None:
 
 
 async def test_a_store_splits_its_connection_budget(database_url: str) -> None:
-    from shared.store import Store
+    from shared.store import Database, ProducerStore
 
-    store = Store.connect(database_url.replace("postgresql://", "postgresql+psycopg://", 1), 10)
+    db = Database.connect(database_url.replace("postgresql://", "postgresql+psycopg://", 1), 10)
+    store = ProducerStore(db)
     try:
-        assert store.engine.pool.size() == 5  # type: ignore[attr-defined]
-        assert store._fast.max_size == 10
+        assert db.engine.pool.size() == 5  # type: ignore[attr-defined]
+        assert db._fast.max_size == 10
         turn, _, _ = await store.enqueue("u", "budget", "hi", None)
         assert (await store.get_turn(turn.id)) == turn
     finally:
-        await store.close()
+        await db.close()

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from producer import AsyncClient
 from shared.errors import InvalidInput
 from shared.sdk_session import SUMMARY_PREFIX, TurnqSession, summary_item
-from shared.store import Store, create_engine, estimate_tokens
+from shared.store import Database, ProducerStore, WorkerStore, create_engine, estimate_tokens
 
 pytestmark = pytest.mark.service
 
@@ -353,7 +353,7 @@ async def test_writes_and_token_counts(engine: AsyncEngine, uid: str) -> None:
 async def test_positions_are_never_reused(engine: AsyncEngine, uid: str) -> None:
     """A reader paging with history(after=...) never misses an item after a pop or clear."""
     s = TurnqSession(f"s{uid}", f"u{uid}", engine=engine)
-    store = Store(engine)
+    store = ProducerStore(Database(engine, namespace=s.namespace))
     await s.add_items(_msgs("a", 3))
     await s.pop_item()
     await s.add_items([_msg("b")])
@@ -405,13 +405,14 @@ async def test_summary_and_compaction_mark_view(engine: AsyncEngine, uid: str) -
     assert await s.pop_item() is None
     assert await s.get_items() == [summary]
     row = await _session_row(engine, f"u{uid}", f"s{uid}")
-    assert [item for _, _, item in await Store(engine).history(row.id)] == items[:3]
+    store = ProducerStore(Database(engine, namespace=s.namespace))
+    assert [item for _, _, item in await store.history(row.id)] == items[:3]
 
     await s.add_items([_msg("new")])
     assert await s.get_items() == [summary, _msg("new")]
     await s.clear_session()  # drops the transcript and the summary
     assert await s.get_items() == []
-    assert await Store(engine).history(row.id) == []
+    assert await store.history(row.id) == []
     await s.add_items([_msg("after clear")])
     assert await s.get_items() == [_msg("after clear")]
 
@@ -419,20 +420,20 @@ async def test_summary_and_compaction_mark_view(engine: AsyncEngine, uid: str) -
 @pytest.mark.anyio
 async def test_writes_beside_a_draining_worker_never_collide(engine: AsyncEngine, uid: str) -> None:
     """The documented decision: appends take no fence, so the worker's commit still lands."""
-    store = Store(engine)
     s = TurnqSession(f"s{uid}", f"u{uid}", engine=engine)
+    db = Database(engine, namespace=s.namespace)
+    store = ProducerStore(db)
     turn, _, _ = await store.enqueue(f"u{uid}", f"s{uid}", "queued turn", None)
-    fence = await store.bump_fence(turn.session_id)
-    assert fence is not None
-    claimed, _ = await store.claim_next(turn.session_id, fence, max_attempts=3)
-    assert claimed is not None
+    claim = await WorkerStore(db).claim(turn.session_id, None, 3)
+    assert claim is not None and claim.turn is not None
+    claimed, fence = claim.turn, claim.fence
 
     await s.add_items([_msg("notebook 1")])  # while the worker runs its model call
     turn_items: list[dict[str, Any]] = [
         {"role": "user", "content": "queued turn"},
         {"role": "assistant", "content": "worker answer"},
     ]
-    await store.complete_turn(claimed, fence, turn_items, "worker answer", None, None)
+    await WorkerStore(db).complete(claimed, fence, turn_items, "worker answer", None, None, None)
     await s.add_items([_msg("notebook 2")])
 
     history = await store.history(turn.session_id)

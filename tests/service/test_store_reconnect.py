@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from ops.migrate import upgrade
-from shared.store import Store, create_engine
+from shared.store import Database, ProducerStore, create_engine
 from tests.support.servers import PrivatePostgres
 
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
@@ -19,11 +19,12 @@ pytestmark = [pytest.mark.service, pytest.mark.anyio]
 async def test_first_statement_after_a_restart_succeeds() -> None:
     with PrivatePostgres(database="reconnect") as pg:
         upgrade(pg.url)
-        store = Store(create_engine(pg.url.replace("postgresql://", "postgresql+psycopg://", 1)))
+        db = Database(create_engine(pg.url.replace("postgresql://", "postgresql+psycopg://", 1)))
+        store = ProducerStore(db)
         try:
             turns = [await store.enqueue("u", f"s{i}", "hi", None) for i in range(3)]
             assert await store.history(turns[0][0].session_id) == []
-            assert store.engine.pool.checkedin() >= 1  # pooled, idle, about to go stale
+            assert db.engine.pool.checkedin() >= 1  # pooled, idle, about to go stale
 
             pg.restart()
             # Both pools: the fast one (enqueue, get_turn) and the engine's (history).
@@ -31,8 +32,8 @@ async def test_first_statement_after_a_restart_succeeds() -> None:
             assert created and turn.seq == 2
             assert await store.get_turn(turns[1][0].id) == turns[1][0]
             assert await store.history(turns[0][0].session_id) == []
-            async with store.engine.connect() as conn:
+            async with db.engine.connect() as conn:
                 count = (await conn.execute(text("SELECT count(*) FROM turns"))).scalar()
             assert count == 4
         finally:
-            await store.close()
+            await db.close()

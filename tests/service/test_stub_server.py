@@ -180,19 +180,32 @@ def test_429_carries_retry_after(stub: StubServer) -> None:
     assert response.headers["retry-after"] == "2"
 
 
-def test_429_then_ok_succeeds_through_client_retries(stub: StubServer) -> None:
-    configure(stub, script=["429", "ok"], retry_after_s=0.01)
+def test_429_then_ok_succeeds_through_turnqs_one_retry_layer(stub: StubServer) -> None:
+    """The OpenAI client does not retry (no nested layers); turnq's model wrapper does,
+    honouring Retry-After."""
+    from workers.models import TurnqModel, TurnScope, turn_scope
+    from workers.retry import ModelCallFailed, RetryPolicy
+
     settings = Settings(
         model_provider="openai", openai_base_url=stub.base_url, openai_api="chat", model_retries=2
     )
 
-    async def main() -> Any:
-        return await Runner.run(
-            build_agent(), "hello", run_config=RunConfig(model=chat_model(settings))
-        )
+    async def run(model: Any) -> Any:
+        with turn_scope(TurnScope(RetryPolicy.from_settings(settings))):
+            return await Runner.run(build_agent(), "hello", run_config=RunConfig(model=model))
 
-    assert asyncio.run(main()).final_output == "Noted: hello"
-    assert stats(stub)["outcomes"] == {"429": 1, "ok": 1}
+    configure(stub, script=["429", "ok"], retry_after_s=0.01)
+    with pytest.raises(openai.RateLimitError):
+        asyncio.run(run(chat_model(settings)))  # the bare client gives up at once
+    assert stats(stub)["outcomes"] == {"429": 1}
+
+    configure(stub, script=["429", "ok"], retry_after_s=0.01)
+    assert asyncio.run(run(TurnqModel(chat_model(settings)))).final_output == "Noted: hello"
+    assert stats(stub)["outcomes"] == {"429": 2, "ok": 1}
+
+    configure(stub, script=["429", "429", "429", "ok"], retry_after_s=0.01)
+    with pytest.raises(ModelCallFailed, match="after 3 attempts"):  # 1 + model_retries
+        asyncio.run(run(TurnqModel(chat_model(settings))))
 
 
 def test_persistent_500_raises(stub: StubServer) -> None:

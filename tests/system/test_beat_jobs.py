@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from producer import Client
+from shared.settings import get_settings
 from shared.status import TurnStatus
-from shared.store import Store, create_engine
+from shared.store import Database, ProducerStore, create_engine
 from tests.support.servers import free_port
 from tests.system.test_pipeline import assert_consistent, wait_for
 
@@ -61,7 +62,8 @@ def enqueue_without_kick(database_url: str, user: str, key: str, content: str) -
     async def go() -> str:
         engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
         try:
-            turn, _, _ = await Store(engine).enqueue(user, key, content, None)
+            db = Database(engine, namespace=get_settings().namespace)
+            turn, _, _ = await ProducerStore(db).enqueue(user, key, content, None)
             return turn.id
         finally:
             await engine.dispose()

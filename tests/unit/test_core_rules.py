@@ -10,7 +10,6 @@ import pytest
 from shared import keys
 from shared.errors import ContentTooLarge, InvalidInput
 from shared.settings import Settings, read_stack_file
-from shared.status import PENDING, TERMINAL, TurnStatus, can_transition, sources_of
 from shared.validation import check_content, check_id, check_turn_id
 
 
@@ -87,15 +86,6 @@ def test_turn_id_must_be_a_uuid() -> None:
     assert check_turn_id("6F9619FF-8B86-D011-B42D-00C04FC964FF") == (
         "6f9619ff-8b86-d011-b42d-00c04fc964ff"
     )
-
-
-def test_status_machine() -> None:
-    assert TERMINAL.isdisjoint(PENDING)
-    assert can_transition(TurnStatus.QUEUED, TurnStatus.RUNNING)
-    assert can_transition(TurnStatus.RUNNING, TurnStatus.RUNNING)  # retry after a crash
-    for done in TERMINAL:
-        assert not any(can_transition(done, s) for s in TurnStatus)
-    assert sources_of(TurnStatus.SUCCEEDED) == ["running"]
 
 
 def test_keys_and_queues_are_namespaced() -> None:

@@ -1,0 +1,44 @@
+-- turnq_cancel(turn, user, namespace, mode) -> (outcome, turn jsonb); no row: not found
+--
+-- A user's cancel request, decided under the turn's row lock:
+--   cancelled   queued or waiting: cancelled now (cancel), by this call
+--   requested   running: ``cancel_mode`` recorded; its holder stops at the next safe
+--               point and commits it ``cancelled`` (turnq_complete / turnq_fail)
+--   already     it was cancelled before
+--   finished    it succeeded or failed: nothing to cancel
+-- Another user's turn is not found, exactly like a missing one (I10).
+CREATE FUNCTION turnq_cancel(p_tid uuid, p_user text, p_ns text, p_mode text)
+RETURNS TABLE (outcome text, turn jsonb)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_status text;
+    v_outcome text;
+BEGIN
+    SELECT t.status INTO v_status FROM turns t JOIN sessions s ON s.id = t.session_id
+    WHERE t.id = p_tid AND s.user_id = p_user AND s.namespace = p_ns
+    FOR UPDATE OF t;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF v_status = {{status:cancelled}} THEN
+        v_outcome := 'already';
+    ELSIF v_status IN {{in:terminal}} THEN
+        v_outcome := 'finished';
+    ELSIF v_status = {{status:running}} THEN
+        UPDATE turns t SET cancel_mode = COALESCE(t.cancel_mode, p_mode),
+            cancel_requested_at = COALESCE(t.cancel_requested_at, now())
+        WHERE t.id = p_tid;
+        v_outcome := 'requested';
+    ELSE
+        UPDATE turns t SET status = {{to:cancel}}, finished_at = now(),
+            error = 'cancelled before it ran', cancel_mode = p_mode,
+            cancel_requested_at = now()
+        WHERE t.id = p_tid AND t.status IN {{from:cancel}};
+        v_outcome := CASE WHEN FOUND THEN 'cancelled' ELSE 'lost_race' END;
+    END IF;
+    RETURN QUERY
+    SELECT v_outcome, to_jsonb(t) || jsonb_build_object('user_id', s.user_id, 'session_key', s.key)
+    FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.id = p_tid;
+END
+$fn$;

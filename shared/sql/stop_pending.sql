@@ -1,0 +1,21 @@
+-- turnq_stop_pending(session, before_seq, mode) -> ids of running turns asked to stop
+--
+-- A new message with multitask_strategy ``interrupt`` or ``rollback``: the session's
+-- earlier turns that have not run or are paused are cancelled now (cancel); the one
+-- running is asked to stop (its holder commits it ``cancelled``).  The caller holds the
+-- session row lock (the enqueue's upsert).
+CREATE FUNCTION turnq_stop_pending(p_sid uuid, p_before integer, p_mode text)
+RETURNS SETOF text
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    UPDATE turns t SET status = {{to:cancel}}, finished_at = now(), cancel_mode = p_mode,
+        cancel_requested_at = now(),
+        error = 'cancelled: ' || p_mode || ' by turn ' || p_before
+    WHERE t.session_id = p_sid AND t.seq < p_before AND t.status IN {{from:cancel}};
+    RETURN QUERY
+    UPDATE turns t SET cancel_mode = COALESCE(t.cancel_mode, p_mode),
+        cancel_requested_at = COALESCE(t.cancel_requested_at, now())
+    WHERE t.session_id = p_sid AND t.status = {{status:running}}
+    RETURNING t.id::text;
+END
+$fn$;

@@ -1,0 +1,258 @@
+"""What producers (the Python client, the gateway, the CLI) read and write.
+
+    store = ProducerStore(db)
+    turn, created, stopping = await store.enqueue("alice", "support-1", "Hi", None)
+    record = await store.get_turn(turn.id, "alice")
+
+Every lookup is scoped by the deployment's namespace and by the owner: another user's
+session or turn is simply not found, by the same query a missing one takes (I10).
+Status changes go through the functions of ``shared/sql`` (turnq_cancel,
+turnq_stop_pending); creating a turn is an INSERT (status ``queued``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    SessionBusy,
+    TurnNotCancellable,
+    TurnNotFound,
+)
+from shared.multitask import CancelMode, Multitask
+from shared.sql import render
+from shared.store.db import Database
+from shared.store.records import TURN_COLUMNS, Item, SessionRecord, TurnRecord, session_of, turn_of
+
+# The common enqueue (no idempotency key, strategy "enqueue") as one statement: the
+# session upsert takes the session row's lock for the statement, as in the general path.
+_ENQUEUE = f"""
+WITH s AS (
+    INSERT INTO sessions (id, namespace, user_id, key, turn_count)
+    VALUES (:new_id, :ns, :user_id, :key, 1)
+    ON CONFLICT (namespace, user_id, key) DO UPDATE
+        SET turn_count = sessions.turn_count + 1, updated_at = now()
+    RETURNING id, user_id, key, turn_count
+), t AS (
+    INSERT INTO turns (id, session_id, seq, input)
+    SELECT :id, s.id, s.turn_count, :input FROM s
+    RETURNING *
+)
+SELECT {TURN_COLUMNS} FROM t JOIN s ON s.id = t.session_id
+"""
+
+_UPSERT_SESSION = """
+INSERT INTO sessions (id, namespace, user_id, key, turn_count)
+VALUES (:new_id, :ns, :user_id, :key, 1)
+ON CONFLICT (namespace, user_id, key) DO UPDATE
+    SET turn_count = sessions.turn_count + 1, updated_at = now()
+RETURNING id::text, turn_count
+"""
+
+_BUSY = render(
+    "SELECT id::text, status FROM turns WHERE session_id = :sid "
+    "AND status IN {{in:open}} ORDER BY seq LIMIT 1"
+)
+
+_GET_TURN = (
+    f"SELECT {TURN_COLUMNS} FROM turns t JOIN sessions s ON s.id = t.session_id "
+    "WHERE t.id = :id AND s.namespace = :ns AND (CAST(:u AS text) IS NULL OR s.user_id = :u)"
+)
+
+MAX_CURSOR_CHARS = 512  # issued cursors are ~100; a forged one may be anything
+
+
+def _encode_cursor(updated_at: datetime, session_id: str) -> str:
+    raw = json.dumps([updated_at.isoformat(), session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, sid = json.loads(raw)  # short, so never deep enough for a RecursionError
+        return datetime.fromisoformat(stamp), str(uuid.UUID(str(sid)))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("cursor", "is not a cursor this API returned") from exc
+
+
+class ProducerStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def enqueue(
+        self,
+        user_id: str,
+        key: str,
+        content: str,
+        idempotency_key: str | None,
+        multitask: Multitask = Multitask.ENQUEUE,
+    ) -> tuple[TurnRecord, bool, list[str]]:
+        """Commit a new turn (or find the one with this idempotency key).
+
+        Returns (turn, created, ids of running turns asked to stop).  The upsert takes the
+        session row's lock, so concurrent enqueues on one session serialise, sequence
+        numbers have no gaps and no duplicates, and the multitask decision sees a stable
+        set of open turns.
+        """
+        ids = {"new_id": str(uuid.uuid4()), "ns": self.db.namespace, "user_id": user_id}
+        if idempotency_key is None and multitask is Multitask.ENQUEUE:
+            row = await self.db.call(
+                _ENQUEUE, {**ids, "key": key, "id": str(uuid.uuid4()), "input": content}
+            )
+            return turn_of(row), True, []
+        async with self.db.engine.begin() as conn:
+            row = (await conn.execute(text(_UPSERT_SESSION), {**ids, "key": key})).one()
+            session_id, seq = row[0], row[1]
+            if idempotency_key is not None:
+                existing = await self._by_idempotency_key(conn, session_id, idempotency_key)
+                if existing is not None:
+                    await conn.rollback()  # undo the turn_count bump: no gap in seq
+                    if existing.input != content:
+                        raise IdempotencyConflict(idempotency_key, existing.id)
+                    return existing, False, []
+            if multitask is Multitask.REJECT:
+                busy = (await conn.execute(text(_BUSY), {"sid": session_id})).first()
+                if busy is not None:
+                    await conn.rollback()
+                    raise SessionBusy(busy[0], busy[1])
+            stopping: list[str] = []
+            if multitask in (Multitask.INTERRUPT, Multitask.ROLLBACK):
+                result = await conn.execute(
+                    text("SELECT * FROM turnq_stop_pending(:sid, :seq, :mode)"),
+                    {"sid": session_id, "seq": seq, "mode": multitask.value},
+                )
+                stopping = [r[0] for r in result.all()]
+            inserted = (
+                await conn.execute(
+                    text(
+                        "WITH t AS (INSERT INTO turns (id, session_id, seq, input, "
+                        "idempotency_key) VALUES (:id, :sid, :seq, :input, :k) RETURNING *) "
+                        f"SELECT {TURN_COLUMNS} FROM t JOIN sessions s ON s.id = t.session_id"
+                    ),
+                    {
+                        "id": str(uuid.uuid4()),
+                        "sid": session_id,
+                        "seq": seq,
+                        "input": content,
+                        "k": idempotency_key,
+                    },
+                )
+            ).one()
+            return turn_of(inserted), True, stopping
+
+    async def _by_idempotency_key(
+        self, conn: AsyncConnection, session_id: str, key: str
+    ) -> TurnRecord | None:
+        row = (
+            await conn.execute(
+                text(
+                    f"SELECT {TURN_COLUMNS} FROM turns t JOIN sessions s ON s.id = t.session_id "
+                    "WHERE t.session_id = :sid AND t.idempotency_key = :k"
+                ),
+                {"sid": session_id, "k": key},
+            )
+        ).first()
+        return turn_of(row) if row is not None else None
+
+    async def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnRecord | None:
+        # Another user's turn is filtered in the same query, so it costs what a missing one does.
+        row = await self.db.call(_GET_TURN, {"id": turn_id, "u": user_id, "ns": self.db.namespace})
+        return turn_of(row) if row is not None else None
+
+    async def get_session(self, user_id: str, key: str) -> SessionRecord | None:
+        async with self.db.autocommit() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT * FROM sessions WHERE namespace = :ns AND user_id = :u AND key = :k"
+                    ),
+                    {"ns": self.db.namespace, "u": user_id, "k": key},
+                )
+            ).first()
+        return session_of(row) if row is not None else None
+
+    async def history(
+        self, session_id: str, *, after: int = -1, limit: int | None = None
+    ) -> list[tuple[int, str | None, Item]]:
+        """The transcript, oldest first: (position, turn id, item)."""
+        sql = (
+            "SELECT position, turn_id::text, item FROM items "
+            "WHERE session_id = :sid AND position > :after ORDER BY position"
+        )
+        params: dict[str, Any] = {"sid": session_id, "after": after}
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = limit
+        async with self.db.autocommit() as conn:
+            rows = (await conn.execute(text(sql), params)).all()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def turns_of(self, session_id: str) -> list[TurnRecord]:
+        async with self.db.autocommit() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT {TURN_COLUMNS} FROM turns t JOIN sessions s "
+                        "ON s.id = t.session_id WHERE t.session_id = :sid ORDER BY t.seq"
+                    ),
+                    {"sid": session_id},
+                )
+            ).all()
+        return [turn_of(r) for r in rows]
+
+    async def list_sessions(
+        self, user_id: str, limit: int, cursor: str | None
+    ) -> tuple[list[SessionRecord], str | None]:
+        params: dict[str, object] = {"u": user_id, "ns": self.db.namespace, "limit": limit + 1}
+        where = "namespace = :ns AND user_id = :u"
+        if cursor:
+            stamp, sid = _decode_cursor(cursor)
+            where += " AND (updated_at, id) < (:stamp, CAST(:sid AS uuid))"
+            params.update(stamp=stamp, sid=sid)
+        async with self.db.autocommit() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT * FROM sessions WHERE {where} "
+                        "ORDER BY updated_at DESC, id DESC LIMIT :limit"
+                    ),
+                    params,
+                )
+            ).all()
+        records = [session_of(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return records, (
+            _encode_cursor(records[-1].updated_at, records[-1].id) if more and records else None
+        )
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM sessions WHERE id = :sid"), {"sid": session_id})
+
+    async def cancel_turn(
+        self, turn_id: str, user_id: str, mode: CancelMode
+    ) -> tuple[TurnRecord, bool, bool]:
+        """Returns the turn, whether its running worker must be told to stop, and whether
+        this call itself cancelled it (a queued or waiting turn)."""
+        row = await self.db.call(
+            "SELECT * FROM turnq_cancel(:id, :u, :ns, :mode)",
+            {"id": turn_id, "u": user_id, "ns": self.db.namespace, "mode": mode.value},
+        )
+        if row is None:
+            raise TurnNotFound(turn_id)
+        turn = turn_of(row["turn"])
+        if row["outcome"] in ("finished", "lost_race"):
+            raise TurnNotCancellable(turn_id, turn.status.value)
+        return turn, row["outcome"] == "requested", row["outcome"] == "cancelled"

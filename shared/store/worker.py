@@ -1,0 +1,142 @@
+"""What a worker's drain reads and writes: claim a turn, finish it, say it left.
+
+    store = WorkerStore(db)
+    claim = await store.claim(session_id, None, max_lost=3)      # right after taking the lock
+    after, status, claim = await store.complete(turn, claim.fence, items, ...)
+
+Each call is one statement of ``shared/sql`` (one round trip, autocommit).  Every write
+checks the holder's fence under the session's row lock; a stale one raises ``Fenced``
+(another worker owns the session now: I1).  Items are appended in the transaction that
+finishes the turn, so a retried or redelivered turn never duplicates history (I4).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from shared.errors import Fenced
+from shared.sql import render
+from shared.status import ErrorCode, TurnStatus
+from shared.store.db import Database
+from shared.store.records import Claim, Item, TurnRecord, claim_of, estimate_tokens
+
+_CLAIMABLE = render(
+    "SELECT status IN {{in:runnable}} AS runnable FROM turns "
+    "WHERE session_id = :sid AND status IN {{in:open}} ORDER BY seq LIMIT 1"
+)
+
+
+def _items(items: Sequence[Item]) -> dict[str, Any]:
+    return {
+        "items": json.dumps(list(items), ensure_ascii=False),
+        "tokens": [estimate_tokens(i) for i in items],
+    }
+
+
+class WorkerStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def claim(self, session_id: str, fence: int | None, max_lost: int | None) -> Claim | None:
+        """Claim the session's lowest open turn with its context, in one round trip.
+
+        ``fence`` None bumps the session's fence (call it right after taking the lock:
+        every older holder is invalidated), else the fence is checked (Fenced if stale).
+        A running turn whose holder vanished ``max_lost`` times is failed ``worker_lost``
+        (``Claim.gave_up``) instead of run again.  ``max_lost`` None claims nothing.
+        None: the session is gone.
+        """
+        row = await self.db.call(
+            "SELECT * FROM turnq_claim(:sid, :fence, :max)",
+            {"sid": session_id, "fence": fence, "max": max_lost},
+        )
+        return claim_of(row) if row is not None else None
+
+    async def complete(
+        self,
+        turn: TurnRecord,
+        fence: int,
+        new_items: Sequence[Item],
+        output: str | None,
+        usage: dict[str, Any] | None,
+        context_tokens: int | None,
+        max_lost: int | None,
+    ) -> tuple[int, TurnStatus, Claim]:
+        """Append the turn's items and finish it, then claim the next: one fenced statement.
+
+        A cancel request recorded meanwhile decides the outcome (``rollback`` writes no
+        items, ``interrupt`` keeps them; both end ``cancelled``).  Returns the session's
+        context size after the turn, the turn's final status and the next claim.
+        """
+        row = await self.db.call(
+            "SELECT * FROM turnq_complete(:sid, :fence, :tid, CAST(:items AS jsonb), :tokens, "
+            ":output, CAST(:usage AS jsonb), :ctx, :max)",
+            {
+                "sid": turn.session_id,
+                "fence": fence,
+                "tid": turn.id,
+                **_items(new_items),
+                "output": output,
+                "usage": json.dumps(usage) if usage is not None else None,
+                "ctx": context_tokens,
+                "max": max_lost,
+            },
+        )
+        if row is None:
+            raise Fenced(f"session {turn.session_id} is gone")
+        return int(row["after_tokens"]), TurnStatus(row["final_status"]), claim_of(row)
+
+    async def fail(
+        self,
+        turn: TurnRecord,
+        fence: int,
+        code: ErrorCode,
+        error: str,
+        *,
+        items: Sequence[Item] = (),
+        usage: dict[str, Any] | None = None,
+        max_lost: int | None,
+    ) -> tuple[TurnStatus, Claim]:
+        """End the running turn ``failed`` with its code (or ``cancelled``, if a cancel was
+        requested meanwhile), keeping ``items`` in the transcript; claim the next."""
+        row = await self.db.call(
+            "SELECT * FROM turnq_fail(:sid, :fence, :tid, :code, :error, CAST(:items AS jsonb), "
+            ":tokens, CAST(:usage AS jsonb), :max)",
+            {
+                "sid": turn.session_id,
+                "fence": fence,
+                "tid": turn.id,
+                "code": code.value,
+                "error": error,
+                **_items(items),
+                "usage": json.dumps(usage) if usage is not None else None,
+                "max": max_lost,
+            },
+        )
+        if row is None:
+            raise Fenced(f"session {turn.session_id} is gone")
+        return TurnStatus(row["final_status"]), claim_of(row)
+
+    async def left(self, session_id: str, turn_id: str, fence: int) -> None:
+        """This holder stopped running the turn while alive: not a vanished execution."""
+        await self.db.call(
+            "SELECT turnq_left(:sid, :tid, :fence)",
+            {"sid": session_id, "tid": turn_id, "fence": fence},
+        )
+
+    async def cancel_mode(self, turn_id: str) -> str | None:
+        row = await self.db.call("SELECT cancel_mode FROM turns WHERE id = :id", {"id": turn_id})
+        return row["cancel_mode"] if row is not None else None
+
+    async def claimable(self, session_id: str) -> bool:
+        """The session's lowest open turn can run (queued, or running with no live holder);
+        False when nothing is open or a paused turn holds the line."""
+        row = await self.db.call(_CLAIMABLE, {"sid": session_id})
+        return bool(row is not None and row["runnable"])
+
+    async def fence_is(self, session_id: str, fence: int) -> bool:
+        """The session's fence is still ``fence`` (nobody took the session over)."""
+        row = await self.db.call("SELECT fence FROM sessions WHERE id = :sid", {"sid": session_id})
+        return row is not None and int(row["fence"]) == fence
