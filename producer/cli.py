@@ -208,10 +208,10 @@ def dev(
     from ops.processes import interrupt_on_stop_signals
 
     with interrupt_on_stop_signals(), DevRun(get_settings(), console) as run:
-        run.start(workers=workers, gateway=True, flower=True)
-        run.print_summary()
-        console.print("[dim]Ctrl-C to stop[/dim]")
-        try:
+        try:  # also while starting: what started so far is stopped, without a traceback
+            run.start(workers=workers, gateway=True, flower=True)
+            run.print_summary()
+            console.print("[dim]Ctrl-C to stop[/dim]")
             run.watch()
         except KeyboardInterrupt:
             console.print("\nstopping…")
