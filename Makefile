@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install turnq with its dev tools
 
-services:  ## start the machine's Postgres and Redis if they are down
-	@ops/scripts/ensure-services.sh
+services:  ## start the machine's Postgres and Redis if they are down; install the test tools
+	@VENV=$(VENV) ops/scripts/ensure-services.sh
 
 demo: $(STAMP)  ## run the seed conversation through the real queue (embedded Redis/Postgres unless URLs are set)
 	$(VENV)/bin/turnq demo

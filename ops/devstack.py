@@ -93,6 +93,21 @@ def free_port() -> int:
         return port
 
 
+def port_or_free(address: str, port: int) -> int:
+    """``port`` if it can be bound on ``address`` now, else a free one.
+
+    For the fixed ports a user expects (Flower's 5555): a second ``turnq dev`` or a running
+    ``turnq flower`` must not keep this one from starting.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])

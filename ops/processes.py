@@ -16,14 +16,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_READY = "turnq: worker ready"  # written by workers.app once its runtime is built
 BEAT_READY = "beat: Starting"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def worker_command(
@@ -60,7 +62,11 @@ class ManagedProcess:
         ready: str,
         log_path: Path | None = None,
         inherit_env: bool = True,
+        own_process_group: bool = False,
     ) -> None:
+        """``own_process_group``: Ctrl-C's SIGINT and a closed terminal's SIGHUP reach only
+        the owner, which stops the process in order (a Celery worker whose output is not a
+        terminal would take SIGHUP as "restart")."""
         self.name = name
         self.args = list(args)
         self.env = {**os.environ, **env} if inherit_env else dict(env)
@@ -73,13 +79,19 @@ class ManagedProcess:
             os.close(fd)
             log_path = Path(raw)
         self.log_path = log_path
+        self.own_process_group = own_process_group
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                self.args,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                process_group=0 if self.own_process_group else None,
             )
         deadline = time.monotonic() + timeout
         while self.ready not in self.log_text():
@@ -141,3 +153,29 @@ class ManagedProcess:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def interrupt_on_stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP act as Ctrl-C: the first of the three raises KeyboardInterrupt.
+
+    Python's default for SIGTERM and SIGHUP ends the process at once, with no ``finally``
+    and no atexit, so a supervisor's stop or a closed terminal left the workers, beat,
+    Flower and the embedded Redis and Postgres running.  Later signals are ignored, so a
+    repeated SIGTERM or an impatient second Ctrl-C cannot cut the orderly stop short (its
+    steps have their own timeouts; SIGKILL still ends everything at once).
+    """
+    stopping = False
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,7 +1,7 @@
 """The ``turnq`` command.
 
     turnq demo                       # seed conversation through the real queue (embedded stack)
-    turnq dev                        # embedded Redis + Postgres, workers, beat; Ctrl-C stops all
+    turnq dev                        # embedded Redis + Postgres, workers, beat, Flower until Ctrl-C
     turnq chat SESSION --user U      # talk to the agent through the queue
     turnq gateway [--port 8000]      # the HTTP API; turnq keys create --user U makes a key
     TURNQ_API_KEY=KEY turnq chat SESSION --url http://127.0.0.1:8000   # ... through the HTTP API
@@ -202,14 +202,16 @@ def bench(ctx: typer.Context) -> None:
 def dev(
     workers: Annotated[int, typer.Option(help="turn worker processes")] = 1,
 ) -> None:
-    """Everything on this machine: embedded Redis/Postgres unless URLs are set. Ctrl-C stops."""
+    """Everything on this machine: embedded Redis/Postgres unless URLs are set. Ctrl-C stops
+    (so do SIGTERM and SIGHUP)."""
     from ops.devrun import DevRun
+    from ops.processes import interrupt_on_stop_signals
 
-    with DevRun(get_settings(), console) as run:
-        run.start(workers=workers, gateway=True)
-        run.print_summary()
-        console.print("[dim]Ctrl-C to stop[/dim]")
-        try:
+    with interrupt_on_stop_signals(), DevRun(get_settings(), console) as run:
+        try:  # also while starting: what started so far is stopped, without a traceback
+            run.start(workers=workers, gateway=True, flower=True)
+            run.print_summary()
+            console.print("[dim]Ctrl-C to stop[/dim]")
             run.watch()
         except KeyboardInterrupt:
             console.print("\nstopping…")

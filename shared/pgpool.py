@@ -37,17 +37,24 @@ class PoolTimeout(psycopg.OperationalError):
 
 
 def closed_by_server(conn: Any) -> bool:
-    """True if an idle connection is unusable: closed, broken, or its socket readable."""
+    """True if an idle connection is unusable: closed, broken, or its socket readable.
+
+    ``poll``, not ``select``: a busy worker holds hundreds of Redis and model sockets,
+    so its Postgres sockets get descriptors >= 1024, which ``select`` refuses
+    (ValueError) - every connection would then look dead and be replaced.
+    """
     pgconn = getattr(conn, "pgconn", None)
     if pgconn is None:
         return False
     try:
         if conn.closed or pgconn.status != pq.ConnStatus.OK:
             return True
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN)
+        events = poller.poll(0)
     except (OSError, ValueError, psycopg.Error):
         return True
-    return bool(readable)
+    return bool(events)
 
 
 class FastPool:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tools import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get(
     "TURNQ_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -62,15 +64,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["TURNQ_SOAK_S"] = str(soak)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _service_missing(what: str, err: Exception) -> None:
-    msg = f"{what} is not reachable ({err}); start it (see .ci/run)"
-    if _in_ci():
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    missing(f"{what} is not reachable ({err}); start it (see .ci/run)")
 
 
 @pytest.fixture(scope="session")

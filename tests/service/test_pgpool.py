@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
+import select
+from collections.abc import Iterator
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from shared.pgpool import FastPool, PoolTimeout
+from shared.store import create_engine
 from tests.support.servers import PrivatePostgres
 
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
@@ -83,3 +89,83 @@ async def test_a_store_splits_its_connection_budget(database_url: str) -> None:
         assert (await store.get_turn(turn.id)) == turn
     finally:
         await db.close()
+
+
+@pytest.fixture
+def high_fds() -> Iterator[None]:
+    """Hold > 1,100 descriptors, so every socket opened next gets a number >= 1024.
+
+    A busy worker gets there with its Redis and model sockets; ``select.select``
+    raises ValueError for such a descriptor.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.extend(os.pipe())  # pipes take the lowest free numbers
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _past_select(fd: int) -> int:
+    """The descriptor, after checking it is one ``select`` (the old check) refuses."""
+    assert fd >= 1024
+    with pytest.raises(ValueError):
+        select.select([fd], [], [], 0)
+    return fd
+
+
+async def _kill(database_url: str, pid: int) -> None:
+    """End a backend and wait until it is gone (its socket closed), as a restart would."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        row = await (
+            await admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        ).fetchone()
+        assert row == (True,)
+
+
+async def test_fast_pool_reuses_connections_on_descriptors_past_1024(
+    database_url: str, high_fds: None
+) -> None:
+    pool = FastPool(database_url, max_size=2, timeout=5)
+    try:
+        async with pool.connection() as conn:
+            _past_select(conn.pgconn.socket)
+        first = await _pid(pool)
+        assert [await _pid(pool) for _ in range(5)] == [first] * 5  # reused, not reconnected
+
+        await _kill(database_url, first)  # a connection the server closed is still detected
+        replaced = await _pid(pool)
+        assert replaced != first
+        assert await _pid(pool) == replaced
+    finally:
+        await pool.close()
+
+
+async def test_engine_reuses_connections_on_descriptors_past_1024(
+    database_url: str, high_fds: None
+) -> None:
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+    async def pid_and_fd() -> tuple[int, int]:
+        async with engine.connect() as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            raw = await conn.get_raw_connection()
+            return int(pid), raw.driver_connection.pgconn.socket  # type: ignore[union-attr]
+
+    try:
+        first, fd = await pid_and_fd()
+        _past_select(fd)
+        assert [await pid_and_fd() for _ in range(5)] == [(first, fd)] * 5
+
+        await _kill(database_url, first)
+        replaced, _ = await pid_and_fd()
+        assert replaced != first
+        assert (await pid_and_fd())[0] == replaced
+    finally:
+        await engine.dispose()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from ops.processes import ROOT, ManagedProcess
-from tests.system.test_pipeline import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -38,19 +43,82 @@ def test_demo_runs_the_seed_conversation_on_an_embedded_stack(tmp_path: Path) ->
     assert not (tmp_path / "stack.json").exists(), "the embedded stack was not stopped"
 
 
-def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
-    env = {**_bare_env(tmp_path), "TURNQ_GATEWAY_PORT": "0", "COLUMNS": "250"}
+@contextmanager
+def _listening() -> Iterator[int]:
+    """A loopback port something listens on, for the duration."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _start_dev(data_dir: Path, **env: str) -> ManagedProcess:
+    env = {**_bare_env(data_dir), "TURNQ_GATEWAY_PORT": "0", "COLUMNS": "250", **env}
     dev = ManagedProcess(
         [*TURNQ, "dev"], env, "turnq-dev", ready="Ctrl-C to stop", inherit_env=False
     )
-    dev.start(timeout=180)
+    return dev.start(timeout=180)
+
+
+def _started_by(dev: ManagedProcess, data_dir: Path) -> list[psutil.Process]:
+    """Every process `turnq dev` runs: its children, and the embedded postmaster (pg_ctl
+    daemonizes it, so it is nobody's child) with its backends."""
+    procs = psutil.Process(dev.pid).children(recursive=True)
+    postmaster = psutil.Process(int((data_dir / "pg" / "postmaster.pid").read_text().split()[0]))
+    procs += [postmaster, *postmaster.children(recursive=True)]
+    commands = " ".join(" ".join(p.cmdline()) for p in procs)
+    for part in ("redis-server", "postgres", "worker", "beat", "gateway", "flower"):
+        assert part in commands, (part, commands)
+    return procs
+
+
+def _stop_dev_and_check(dev: ManagedProcess, data_dir: Path, sig: signal.Signals) -> float:
+    """Send ``sig`` to `turnq dev` alone (not its group): it must exit 0 having stopped every
+    process it started and freed the embedded servers' ports.  Returns the seconds taken."""
+    assert dev.proc is not None
+    procs = _started_by(dev, data_dir)
+    stack = json.loads((data_dir / "stack.json").read_text())
+    ports = [int(stack[k].rsplit(":", 1)[1].split("/")[0]) for k in ("redis_url", "database_url")]
+    try:
+        began = time.monotonic()
+        dev.proc.send_signal(sig)
+        dev.proc.wait(90)
+        took = time.monotonic() - began
+        assert dev.proc.returncode == 0, dev.log_text()[-2000:]
+        assert "stopping" in dev.log_text()
+        left = [(p.pid, p.cmdline()) for p in procs if not _gone(p)]
+        assert not left
+        for port in ports:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        assert not (data_dir / "stack.json").exists()
+        return took
+    finally:  # a failure must not leave them to the next tests
+        dev.kill()
+        for p in procs:
+            with suppress(psutil.Error):
+                if not _gone(p):
+                    p.kill()  # psutil checks the pid was not reused
+
+
+def _gone(p: psutil.Process) -> bool:
+    """Exited, or a zombie left to init (it holds no port or file)."""
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
+    with _listening() as taken:
+        dev = _start_dev(tmp_path, TURNQ_FLOWER_PORT=str(taken))
     try:
         assert (tmp_path / "stack.json").exists()
         chat = subprocess.run(
             [*TURNQ, "chat", "cli-session", "--user", "cli-user"],
             input="What is the weather in Austin?\nHow about Seattle?\nWhich city is warmer?\n"
             "/history\n/quit\n",
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env=dev.env, cwd=ROOT, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert chat.returncode == 0, chat.stdout + chat.stderr
         assert "Austin is warmer" in chat.stdout
@@ -66,12 +134,41 @@ def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
             timeout=10,
         )
         assert listing.status_code == 200, listing.text
+        _check_flower(printed, taken)
     finally:
-        assert dev.proc is not None
-        dev.proc.send_signal(signal.SIGINT)
-        dev.proc.wait(60)
-    assert dev.proc.returncode == 0, dev.log_text()[-2000:]
-    wait_for(lambda: not (tmp_path / "stack.json").exists(), 10, "stack.json left behind")
+        _stop_dev_and_check(dev, tmp_path, signal.SIGINT)
+
+
+def _check_flower(printed: str, taken: int) -> None:
+    """Flower runs behind the printed password, on a free port when the configured one is
+    taken, and the password is on no command line (any local user can read those)."""
+    found = re.search(
+        r"Flower:\s+(http://127\.0\.0\.1:(\d+)/)\s+user (\S+)\s+password (\S+)", printed
+    )
+    assert found, printed[-2000:]
+    url, port, user, password = found.group(1), int(found.group(2)), found.group(3), found.group(4)
+    assert port != taken and len(password) >= 16
+    assert httpx.get(url + "api/workers", timeout=10).status_code == 401
+    assert httpx.get(url + "api/workers", auth=(user, "wrong"), timeout=10).status_code == 401
+    answer = httpx.get(url + "api/workers", auth=(user, password), timeout=10)
+    assert answer.status_code == 200, answer.text[:300]
+    cmdlines = list(_cmdlines())
+    assert len(cmdlines) > 5
+    assert not [c for c in cmdlines if password.encode() in c]
+
+
+def _cmdlines() -> Iterator[bytes]:
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):  # exited meanwhile
+            yield path.read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_dev_stops_everything_it_started_on(sig: signal.Signals, tmp_path: Path) -> None:
+    """A supervisor's SIGTERM and a closed terminal's SIGHUP stop it as Ctrl-C does: before,
+    Python's default handler ended `turnq dev` alone and left the rest running."""
+    took = _stop_dev_and_check(_start_dev(tmp_path), tmp_path, sig)
+    print(f"{sig.name}: stopped in {took:.1f}s")
 
 
 def test_chat_rejects_bad_input_clearly(stack_env: dict[str, str]) -> None:

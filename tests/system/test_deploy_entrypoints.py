@@ -12,8 +12,9 @@ with the environment compose would give it and the run's Redis and Postgres:
   answer without credentials (Prometheus scrapes them);
 * the image's STOPSIGNAL makes a worker finish its running turn and exit 0 (warm
   shutdown) well inside the grace period;
-* ``redis-cli`` / ``pg_isready`` accept the healthcheck arguments (when this host has
-  them); ``kubectl kustomize ops/k8s`` renders (when kubectl is installed).
+* ``redis-cli`` / ``pg_isready`` accept the healthcheck arguments; ``kubectl kustomize
+  ops/k8s`` renders, and what it renders passes the Kubernetes schemas.  A missing tool
+  fails under ``CI=true`` (the setup installs them) and skips elsewhere.
 
 Not verifiable without Docker or a cluster (docs/operations.md lists them): that the
 image builds, that the official images ship redis-cli / pg_isready / wget, compose's
@@ -44,8 +45,10 @@ from producer.flower import READY as FLOWER_READY
 from producer.gateway.server import READY as GATEWAY_READY
 from shared.status import TurnStatus
 from tests.support.servers import free_port
+from tests.support.tools import missing
 from tests.system.test_pipeline import wait_for
 from tests.unit.test_deploy_files import (
+    CRD_KINDS,
     FAKE_HOST_ENV,
     container_env,
     deployment,
@@ -53,6 +56,7 @@ from tests.unit.test_deploy_files import (
     duration_s,
     k8s,
     main_container,
+    schema_problems,
     services,
 )
 
@@ -259,17 +263,17 @@ def test_official_image_healthcheck_arguments_are_valid(service: str) -> None:
     """Only the arguments: that redis:7 / postgres:16 ship these tools is not checked here."""
     argv = as_host_argv(services()[service]["healthcheck"]["test"])
     if shutil.which(argv[0]) is None:
-        pytest.skip(f"{argv[0]} is not installed on this host")
+        missing(f"{argv[0]} is not installed on this host (it comes with {service})")
     out = run(argv, dict(os.environ), timeout=15)
     if out.returncode != 0 and "no response" in out.stdout + out.stderr:
-        pytest.skip(f"no local {service} on its default address")
+        missing(f"no local {service} on its default address (make services starts it)")
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_kustomize_renders_every_manifest_with_the_image() -> None:
-    kubectl = shutil.which("kubectl")
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=Path(sys.executable).parent)
     if kubectl is None:
-        pytest.skip("kubectl is not installed")
+        missing("kubectl is not installed (ops/scripts/ensure-services.sh installs it)")
     out = run([kubectl, "kustomize", str(ROOT / "ops" / "k8s")], dict(os.environ))
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -279,6 +283,9 @@ def test_kustomize_renders_every_manifest_with_the_image() -> None:
     for d in docs:
         assert d["metadata"].get("namespace", "turnq") == "turnq"
         assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "turnq"
+    problems, unknown = schema_problems(docs)
+    assert not problems, problems
+    assert unknown == CRD_KINDS
 
 
 def k8s_docs_all() -> list[dict[str, Any]]:
