@@ -34,7 +34,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="turnq: durab
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-SEED = ["What is the weather in Austin?", "How about Seattle?", "Which city is warmer?"]
+SEED = [
+    "What is the weather in Austin?",
+    "How about Seattle?",
+    "Which city is warmer?",
+    "I have a billing question: which plan am I on?",  # handed over to Billing
+    "And my invoices?",  # Billing answers again: the session's active agent
+]
 
 
 def main() -> None:
@@ -252,7 +258,7 @@ def _run_demo(client: object) -> bool:
             else f"[red]{done.status.value}: {escape(done.error or '')}[/red]"
         )
         console.print(f"[bold cyan]you>[/bold cyan] {message}")
-        console.print(f"[bold green]agent>[/bold green] {answer}")
+        console.print(f"[bold green]{escape(done.agent or 'agent')}>[/bold green] {answer}")
         console.print(
             f"[dim]  turn {done.seq} · queue wait {_ms(done.queue_wait_s)} · run {_ms(done.run_s)}"
             f" · tokens {usage.get('input_tokens', '-')} in / {usage.get('output_tokens', '-')} out"
@@ -286,7 +292,16 @@ def sessions_show(
     policy = policy_from_settings(get_settings())
     console.print(f"[bold]session {s.key}[/bold] (user {s.user_id}) · id {s.id}")
     console.print(
+        f"agents: entry {s.entry_agent or '(the default)'} · active "
+        f"{s.active_agent or '(none yet)'} (the next turn starts there)"
+    )
+    console.print(
         f"turns {s.turn_count} · items {s.item_count} · transcript ~{s.transcript_tokens:,} tokens"
+    )
+    console.print(
+        f"usage: {s.requests:,} model calls · {s.input_tokens:,} input tokens "
+        f"({s.cached_tokens:,} cached) · {s.output_tokens:,} output "
+        f"({s.reasoning_tokens:,} reasoning)"
     )
     console.print(
         f"context ~{s.context_tokens:,} tokens (window {policy.window_tokens:,}, "

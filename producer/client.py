@@ -34,13 +34,16 @@ from shared.errors import InvalidInput, SessionNotFound, TurnNotFound, WaitTimeo
 from shared.kick import send_kick
 from shared.loop import LoopThread
 from shared.multitask import check_cancel_mode, check_multitask
+from shared.registry import Registry, registry_for
 from shared.settings import Settings, get_settings
 from shared.status import TERMINAL, ErrorCode, TurnStatus
 from shared.store import Database, Item, ProducerStore, SessionRecord, TurnRecord
 from shared.validation import (
-    check_content,
+    check_agent_name,
     check_event_id,
     check_id,
+    check_message,
+    check_metadata,
     check_optional_key,
     check_turn_id,
 )
@@ -65,7 +68,7 @@ class TurnResult:
     session_id: str
     seq: int
     status: TurnStatus
-    input: str
+    input: str  # the message's text (content parts: their text and placeholders)
     output: str | None
     error: str | None
     error_code: ErrorCode | None  # why it failed (shared.status.ErrorCode); None otherwise
@@ -75,6 +78,10 @@ class TurnResult:
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    agent: str | None = None  # the agent that answered
+    output_json: Any = None  # the structured final output of an agent with output_type
+    content: list[dict[str, Any]] | None = None  # the message's content parts, if any
+    metadata: dict[str, Any] | None = None  # what the caller gave at enqueue
 
     @property
     def terminal(self) -> bool:
@@ -107,6 +114,10 @@ class TurnResult:
             queued_at=t.queued_at,
             started_at=t.started_at,
             finished_at=t.finished_at,
+            agent=t.agent,
+            output_json=t.output_json,
+            content=t.content,
+            metadata=t.metadata,
         )
 
 
@@ -159,26 +170,55 @@ class AsyncClient:
         self,
         session_id: str,
         user_id: str,
-        content: str,
+        content: str | list[dict[str, Any]],
         idempotency_key: str | None = None,
         multitask_strategy: str = "enqueue",
+        *,
+        agent: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Turn:
         """Accept a turn; ``multitask_strategy`` says what to do if the session is busy
-        (enqueue, reject, interrupt, rollback: see ``shared.multitask``)."""
+        (enqueue, reject, interrupt, rollback: see ``shared.multitask``).
+
+        ``content`` is a string or a list of Responses-API content parts (``input_text``,
+        ``input_image``, ``input_file``).  ``agent`` names the session's entry agent when it
+        is created (later turns may repeat it; another one is AgentConflict).  ``metadata``
+        (a JSON object) reaches the tools in the run context.
+        """
         s = self.settings
         check_id("session_id", session_id, s.max_id_length)
         check_id("user_id", user_id, s.max_id_length)
-        check_content(content, s.max_content_bytes)
+        text, parts = check_message(content, s.max_content_bytes, s.max_attachment_bytes)
         check_optional_key("idempotency_key", idempotency_key, s.max_id_length)
         strategy = check_multitask(multitask_strategy)
+        checked_metadata = check_metadata(metadata, s.max_metadata_bytes)
+        default_agent = None
+        if check_agent_name(agent, s.max_id_length) is not None:
+            registry = self.registry()
+            registry.check(agent)
+            default_agent = registry.default
         record, created, stopping = await self.store.enqueue(
-            user_id, session_id, content, idempotency_key, strategy
-        )
+            user_id, session_id, text, idempotency_key, strategy,
+            parts=parts, metadata=checked_metadata, agent=agent, default_agent=default_agent,
+        )  # fmt: skip
         for running in stopping:
             await self._signal_cancel(running)
         if created or not record.terminal:
             await self._kick(record.session_id)
         return Turn(record.id, session_id, record.seq, record.status, created)
+
+    def registry(self) -> Registry:
+        """The deployment's agents (imports ``TURNQ_AGENT`` on first use)."""
+        return registry_for(self.settings.agent, self.settings.context_factory)
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """The deployment's agents: names, handoffs, tools (and which need approval)."""
+        return await asyncio.to_thread(lambda: self.registry().describe())
+
+    async def usage(self, user_id: str) -> dict[str, int]:
+        """The user's model usage over all their sessions (requests and tokens)."""
+        check_id("user_id", user_id, self.settings.max_id_length)
+        return await self.store.usage_of(user_id)
 
     async def cancel(self, turn_id: str, user_id: str, mode: str = "interrupt") -> TurnResult:
         """Cancel a turn: a queued one at once, a running one at its next safe point."""
@@ -380,13 +420,24 @@ class Client:
         self,
         session_id: str,
         user_id: str,
-        content: str,
+        content: str | list[dict[str, Any]],
         idempotency_key: str | None = None,
         multitask_strategy: str = "enqueue",
+        *,
+        agent: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Turn:
-        return self._portal.run(
-            self._inner.enqueue(session_id, user_id, content, idempotency_key, multitask_strategy)
-        )
+        inner = self._inner.enqueue(
+            session_id, user_id, content, idempotency_key, multitask_strategy,
+            agent=agent, metadata=metadata,
+        )  # fmt: skip
+        return self._portal.run(inner)
+
+    def agents(self) -> list[dict[str, Any]]:
+        return self._portal.run(self._inner.agents())
+
+    def usage(self, user_id: str) -> dict[str, int]:
+        return self._portal.run(self._inner.usage(user_id))
 
     def cancel(self, turn_id: str, user_id: str, mode: str = "interrupt") -> TurnResult:
         return self._portal.run(self._inner.cancel(turn_id, user_id, mode))

@@ -83,3 +83,17 @@ class TurnNotCancellable(TurnqError):
         super().__init__(f"turn {turn_id} already {status}; it cannot be cancelled")
         self.turn_id = turn_id
         self.status = status
+
+
+class AgentConflict(TurnqError):
+    """A turn named another agent than the one its session was created with."""
+
+    code = "agent_conflict"
+
+    def __init__(self, session_id: str, entry_agent: str, asked: str) -> None:
+        super().__init__(
+            f"session {session_id!r} belongs to agent {entry_agent!r}; a turn cannot ask for "
+            f"{asked!r} (start a new session for another agent)"
+        )
+        self.entry_agent = entry_agent
+        self.asked = asked

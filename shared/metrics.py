@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("turnq.turns")
 
 TURNS = Counter("turnq_turns_total", "Turns finished by a worker, by final status.", ["status"])
+AGENT_FALLBACKS = Counter(
+    "turnq_agent_fallbacks_total",
+    "Turns that started at the session's entry agent because its active agent is no longer "
+    "in the deployment.",
+)
 TURN_FAILURES = Counter(
     "turnq_turn_failures_total",
     "Failed turns by error code (shared.status.ErrorCode).",

@@ -69,6 +69,14 @@ sessions = Table(
     Column("summary_items", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("compacted_at", DateTime(timezone=True), nullable=True),
     Column("compaction_count", Integer, nullable=False, server_default="0"),
+    Column("entry_agent", Text, nullable=True),  # the agent the session was created with
+    Column("active_agent", Text, nullable=True),  # who answered last: the next turn starts there
+    # Model usage, summed by every turn's commit (per user: a sum over the user's sessions).
+    Column("requests", BigInteger, nullable=False, server_default="0"),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cached_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("reasoning_tokens", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("namespace", "user_id", "key", name="sessions_ns_user_key"),
     Index("sessions_ns_user_updated", "namespace", "user_id", "updated_at"),
     Index("sessions_updated", "updated_at"),
@@ -86,8 +94,12 @@ turns = Table(
     ),
     Column("seq", Integer, nullable=False),
     Column("status", Text, nullable=False, server_default=TurnStatus.QUEUED.value),
-    Column("input", Text, nullable=False),
+    Column("input", Text, nullable=False),  # the message as text (content parts: their text)
+    Column("content", JSONB, nullable=True),  # the message as content parts, when it has them
+    Column("metadata", JSONB, nullable=True),  # the caller's JSON object, in the run context
+    Column("agent", Text, nullable=True),  # the agent that answered
     Column("output", Text, nullable=True),
+    Column("output_json", JSONB, nullable=True),  # a structured final output (output_type)
     Column("error", Text, nullable=True),
     Column("error_code", Text, nullable=True),  # shared.status.ErrorCode when failed
     Column("attempts", Integer, nullable=False, server_default="0"),  # executions started

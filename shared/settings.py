@@ -40,7 +40,12 @@ class Settings(BaseSettings):
     env: Literal["dev", "test", "prod"] = "dev"
 
     # --- the agent and its model ------------------------------------------
-    agent: str = "shared.demo_agent:build_agent"
+    agent: str = "shared.demo_agent:build_agent"  # an Agent, a factory, or a mapping of them
+    context_factory: str | None = None  # builds the tools' run context (shared.registry)
+    max_metadata_bytes: int = Field(default=8192, ge=2)  # a turn's caller metadata, as JSON
+    max_attachment_bytes: int = Field(  # all content parts of one message (images, files)
+        default=8 * 1024 * 1024, ge=1024
+    )
     model_provider: Literal["auto", "offline", "openai"] = "auto"
     openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("TURNQ_OPENAI_API_KEY", "OPENAI_API_KEY")

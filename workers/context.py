@@ -1,6 +1,6 @@
 """Keep every model call within the window (I8) and account for context size.
 
-    budget = CallBudget(rt.policy, rt.estimator, rt.overhead_tokens, rt.calibration)
+    budget = CallBudget(rt.policy, rt.estimator, rt.calibration)
     with budget.active():              # rt.run_config's filter applies the running turn's budget
         await Runner.run(..., run_config=rt.run_config)
 
@@ -29,25 +29,35 @@ from shared.tokens import TokenEstimator
 SAFETY = 0.95  # estimates are estimates: leave a little room
 
 
-def overhead_tokens(agent: Agent[Any], estimator: TokenEstimator) -> int:
-    """Instructions and tool schemas: sent with every call, counted once per process."""
+_TOOL_TOKENS: dict[int, int] = {}
+
+
+def tool_tokens(agent: Agent[Any], estimator: TokenEstimator) -> int:
+    """An agent's tool and handoff schemas: sent with each of its calls; counted once per
+    agent and process (the instructions, which may be callable, are counted per call)."""
+    known = _TOOL_TOKENS.get(id(agent))
+    if known is not None:
+        return known
     parts: list[str] = []
-    if isinstance(agent.instructions, str):
-        parts.append(agent.instructions)
-    for tool in agent.tools:
-        schema = getattr(tool, "params_json_schema", None)
-        parts.append(f"{getattr(tool, 'name', '')} {getattr(tool, 'description', '')}")
+    for tool in [*agent.tools, *agent.handoffs]:
+        name = getattr(tool, "name", None) or getattr(tool, "tool_name", "")
+        description = getattr(tool, "description", None) or getattr(tool, "tool_description", "")
+        parts.append(f"{name} {description}")
+        schema = getattr(tool, "params_json_schema", None) or getattr(
+            tool, "input_json_schema", None
+        )
         if schema is not None:
             parts.append(json.dumps(schema))
-    return estimator.count_text("\n".join(parts)) if parts else 0
+    counted = _TOOL_TOKENS[id(agent)] = estimator.count_text("\n".join(parts)) if parts else 0
+    return counted
 
 
 @dataclass
 class CallBudget:
     policy: ContextPolicy
     estimator: TokenEstimator
-    overhead: int
     calibration: float = 1.0  # measured tokens / estimated tokens, from earlier calls
+    overhead: int = 0  # the last call's instructions and tool schemas (its agent's)
     trimmed: bool = False
     calls: int = 0
     largest_input_estimate: int = 0
@@ -71,6 +81,10 @@ class CallBudget:
             _ACTIVE.reset(token)
 
     def filter(self, data: CallModelData[Any]) -> ModelInputData:
+        instructions = data.model_data.instructions or ""
+        self.overhead = tool_tokens(data.agent, self.estimator) + (
+            self.estimator.count_text(instructions) if instructions else 0
+        )
         items = repair(list(data.model_data.input))  # type: ignore[arg-type]
         size = self.count(items)  # one pass over the input when it fits (the usual case)
         if size > self.item_limit:

@@ -17,11 +17,15 @@ exception leaves a turn ``running`` for the reaper to re-run (I12).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents import Agent, ModelResponse, RunHooks
 from agents.exceptions import (
     InputGuardrailTripwireTriggered,
     MaxTurnsExceeded,
@@ -31,7 +35,9 @@ from agents.exceptions import (
     ToolOutputGuardrailTripwireTriggered,
 )
 
+from shared import metrics
 from shared.compaction.turns import repair
+from shared.run_context import TurnContext
 from shared.sdk_session import summary_item
 from shared.status import ErrorCode
 from shared.store import Context, TurnRecord
@@ -41,16 +47,18 @@ from workers.retry import ModelCallFailed, RetryPolicy
 from workers.runtime import Runtime
 from workers.streaming import Outbox, stream_run
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Finished:
     items: list[dict[str, Any]]
     output: str | None
+    output_json: Any
+    agent: str  # who answered: the session's next turn starts there
     usage: dict[str, Any]
     context_tokens: int
     trimmed: bool
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 @dataclass
@@ -58,55 +66,158 @@ class Failed:
     code: ErrorCode
     error: str
     items: list[dict[str, Any]] = field(default_factory=list)  # what stays in the transcript
+    usage: dict[str, Any] | None = None
+    agent: str | None = None  # who was running
+
+
+class TurnHooks(RunHooks[Any]):
+    """Per turn: usage request by request, per agent (the SDK reports it per call, without
+    the agent), and an ``agent`` event when a handoff changes who answers."""
+
+    def __init__(self, agent: str, notify: Any) -> None:
+        self.agent = agent
+        self.calls: list[dict[str, Any]] = []
+        self.notify = notify
+
+    async def on_agent_start(self, context: Any, agent: Agent[Any]) -> None:
+        self.agent = agent.name
+
+    async def on_handoff(self, context: Any, from_agent: Agent[Any], to_agent: Agent[Any]) -> None:
+        self.agent = to_agent.name
+        self.notify({"type": "agent", "agent": to_agent.name, "from": from_agent.name})
+
+    async def on_llm_end(self, context: Any, agent: Agent[Any], response: ModelResponse) -> None:
+        u = response.usage
+        self.calls.append(
+            {
+                "agent": agent.name,
+                "requests": u.requests,
+                "input_tokens": u.input_tokens,
+                "cached_tokens": u.input_tokens_details.cached_tokens or 0,
+                "output_tokens": u.output_tokens,
+                "reasoning_tokens": u.output_tokens_details.reasoning_tokens or 0,
+            }
+        )
+
+    def usage(self, **extra: Any) -> dict[str, Any]:
+        """The turn's usage: totals, per agent, and each model call (for billing/quotas)."""
+        totals = {k: sum(c[k] for c in self.calls) for k in USAGE_KEYS}
+        by_agent: dict[str, dict[str, int]] = {}
+        for call in self.calls:
+            mine = by_agent.setdefault(call["agent"], dict.fromkeys(USAGE_KEYS, 0))
+            for k in USAGE_KEYS:
+                mine[k] += call[k]
+        return {
+            **totals,
+            "total_tokens": totals["input_tokens"] + totals["output_tokens"],
+            "max_input_tokens": max((c["input_tokens"] for c in self.calls), default=0),
+            "by_agent": by_agent,
+            "calls": self.calls,
+            **extra,
+        }
+
+
+USAGE_KEYS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 
 
 async def execute(
     rt: Runtime, turn: TurnRecord, context: Context, outbox: Outbox
 ) -> Finished | Failed:
-    user_item: dict[str, Any] = {"role": "user", "content": turn.input}
+    user_item: dict[str, Any] = {"role": "user", "content": turn.message}
+    agent = starting_agent(rt, turn)
+    hooks = TurnHooks(agent.name, outbox.add)
     model_input = build_model_input(context, user_item)
-    budget = CallBudget(rt.policy, rt.estimator, rt.overhead_tokens, rt.calibration)
+    budget = CallBudget(rt.policy, rt.estimator, rt.calibration)
     stop = rt.cancels.register(turn.id)
     scope = TurnScope(RetryPolicy.from_settings(rt.settings), notify=outbox.add)
     started = time.perf_counter()
     deadline = asyncio.timeout(rt.settings.turn_timeout_s)
     try:
         async with deadline:
+            run_context = await _run_context(rt, turn, agent)
             with budget.active(), turn_scope(scope):
                 result = await stream_run(
-                    rt, rt.agent, turn.id, model_input, rt.run_config, stop, outbox
-                )
+                    rt, agent, turn.id, model_input, rt.run_config, stop, outbox,
+                    context=run_context, hooks=hooks,
+                )  # fmt: skip
+        answered = result.last_agent.name  # a weak reference in the SDK: keep the name
         new_items = repair([user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)])
-        usage = result.context_wrapper.usage
-        calls = [r.usage for r in result.raw_responses]
+        output_json = _structured(result.final_output)
+        usage = hooks.usage(trimmed=budget.trimmed, model_seconds=_since(started))
         return Finished(
             items=new_items,
-            output=_output_text(result.final_output),
-            usage={
-                "requests": usage.requests,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "total_tokens": usage.total_tokens,
-                "max_input_tokens": max((c.input_tokens for c in calls), default=0),
-                "trimmed": budget.trimmed,
-                "model_seconds": round(time.perf_counter() - started, 4),
-            },
-            context_tokens=_context_after(rt, budget, model_input, new_items, calls),
+            output=result.final_output
+            if output_json is None
+            else json.dumps(output_json, ensure_ascii=False),
+            output_json=output_json,
+            agent=answered,
+            usage=usage,
+            context_tokens=_context_after(rt, budget, model_input, new_items, hooks.calls),
             trimmed=budget.trimmed,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
         )
     except Exception as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
-            return Failed(
+            code, error = (
                 ErrorCode.TIMEOUT,
                 f"the turn did not finish within {rt.settings.turn_timeout_s:g} s "
                 "(TURNQ_TURN_TIMEOUT_S)",
             )
-        code, error = classify(exc)
-        return Failed(code, error)
+        else:
+            code, error = classify(exc)
+        # A guardrail's verdict is part of the conversation: the user's message stays in
+        # the transcript (with no answer); any other failure leaves no trace.
+        kept = [user_item] if code is ErrorCode.GUARDRAIL else []
+        usage = hooks.usage(model_seconds=_since(started))
+        return Failed(code, error, items=kept, usage=usage, agent=hooks.agent)
     finally:
         rt.cancels.unregister(turn.id)
+
+
+def starting_agent(rt: Runtime, turn: TurnRecord) -> Agent[Any]:
+    """The session's active agent (where its last turn ended), through its entry agent's
+    handoff graph; the entry agent if that name is gone from the deployment."""
+    agent, fell_back = rt.registry.resolve(turn.entry_agent, turn.active_agent)
+    if fell_back:
+        metrics.AGENT_FALLBACKS.inc()
+        log.warning(
+            "the session's active agent is not in the deployment; starting at its entry agent",
+            extra={"turn_id": turn.id, "active_agent": turn.active_agent, "agent": agent.name},
+        )
+    return agent
+
+
+async def _run_context(rt: Runtime, turn: TurnRecord, agent: Agent[Any]) -> Any:
+    ctx = TurnContext(
+        user_id=turn.user_id,
+        session_id=turn.session_key,
+        turn_id=turn.id,
+        seq=turn.seq,
+        attempt=turn.attempts,
+        entry_agent=turn.entry_agent or rt.registry.default,
+        active_agent=agent.name,
+        metadata=dict(turn.metadata or {}),
+    )
+    factory = rt.registry.context_factory
+    if factory is None:
+        return ctx
+    built = factory(ctx)
+    return await built if inspect.isawaitable(built) else built
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 4)
+
+
+def _structured(output: object) -> Any:
+    """A structured final output (``output_type``) as JSON; None for plain text."""
+    if output is None or isinstance(output, str):
+        return None
+    dump = getattr(output, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        return json.loads(json.dumps(dataclasses.asdict(output), default=str))
+    return json.loads(json.dumps(output, default=str))
 
 
 def classify(exc: BaseException) -> tuple[ErrorCode, str]:
@@ -134,7 +245,11 @@ def build_model_input(context: Context, user_item: dict[str, Any]) -> list[Any]:
 
 
 def _context_after(
-    rt: Runtime, budget: CallBudget, model_input: list[Any], new_items: list[Any], calls: list[Any]
+    rt: Runtime,
+    budget: CallBudget,
+    model_input: list[Any],
+    new_items: list[Any],
+    calls: list[dict[str, Any]],
 ) -> int:
     """The session's context size for its next turn.
 
@@ -143,21 +258,14 @@ def _context_after(
     view, so the whole view is estimated instead (calibrated by what the model measured).
     """
     last = calls[-1] if calls else None
-    if last is not None and last.input_tokens and budget.largest_input_estimate:
-        measured = max(c.input_tokens for c in calls)
-        estimated = budget.largest_input_estimate + rt.overhead_tokens
+    if last is not None and last["input_tokens"] and budget.largest_input_estimate:
+        measured = max(c["input_tokens"] for c in calls)
+        estimated = budget.largest_input_estimate + budget.overhead
         rt.calibration = updated_calibration(rt.calibration, measured, estimated)
-    if last is not None and last.input_tokens and not budget.trimmed:
-        return int(last.input_tokens + last.output_tokens)
+    if last is not None and last["input_tokens"] and not budget.trimmed:
+        return int(last["input_tokens"] + last["output_tokens"])
     view = [*model_input[:-1], *new_items]
-    return int((budget.count(view) + rt.overhead_tokens) * rt.calibration)
-
-
-def _output_text(output: object) -> str | None:
-    if output is None or isinstance(output, str):
-        return output
-    dump = getattr(output, "model_dump", None)
-    return json.dumps(dump() if callable(dump) else output, default=str)
+    return int((budget.count(view) + budget.overhead) * rt.calibration)
 
 
 def _jsonable(item: object) -> dict[str, Any]:

@@ -21,16 +21,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from agents import Agent, ModelSettings, RunConfig
+from agents import ModelSettings, RunConfig
 
 from shared.compaction.base import ContextPolicy, Summarizer, policy_from_settings
 from shared.loop import LoopThread
 from shared.models import build_model_provider
+from shared.registry import Registry, registry_for
 from shared.settings import Settings, get_settings
 from shared.store import Database, MaintenanceStore, WorkerStore
 from shared.tokens import TokenEstimator, default_estimator
-from workers.agent import load_agent, load_context_overrides, wrap_agent_models
-from workers.context import budget_filter, overhead_tokens
+from workers.agent import load_context_overrides, wrap_agent_models
+from workers.context import budget_filter
 from workers.models import TurnqProvider
 from workers.streaming import CancelListener
 
@@ -44,11 +45,10 @@ class Runtime:
     portal: LoopThread
     db: Database
     redis: aioredis.Redis
-    agent: Agent[Any]
+    registry: Registry
     run_config: RunConfig
     policy: ContextPolicy
     estimator: TokenEstimator
-    overhead_tokens: int
     calibration: float = 1.0  # measured/estimated tokens, updated as models report usage
     send: Callable[[str, str], None] | None = None  # (task name, session id); set by workers.app
     _summarizer: Summarizer | None = None
@@ -145,8 +145,8 @@ def _build(settings: Settings) -> Runtime:
         return db, redis
 
     db, redis = portal.run(_connect())
-    agent = load_agent(settings.agent)
-    wrap_agent_models(agent, settings.chat_model)  # every model call through turnq
+    registry = registry_for(settings.agent, settings.context_factory)
+    wrap_agent_models(registry, settings.chat_model)  # every model call through turnq
     run_config = RunConfig(
         # Every model name (and every agent without a model, handoff targets included)
         # resolves through the deployment's provider: offline, a base URL, or OpenAI.
@@ -164,9 +164,8 @@ def _build(settings: Settings) -> Runtime:
         portal,
         db,
         redis,
-        agent,
+        registry,
         run_config,
         policy=policy,
         estimator=estimator,
-        overhead_tokens=overhead_tokens(agent, estimator),
     )

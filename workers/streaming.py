@@ -24,7 +24,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from agents import Agent, RunConfig, Runner
+from agents import Agent, RunConfig, RunHooks, Runner
 from agents.result import RunResultStreaming
 from redis.exceptions import RedisError
 
@@ -85,8 +85,13 @@ async def stream_run(
     run_config: RunConfig,
     stop: asyncio.Event,
     outbox: Outbox,
+    *,
+    context: Any = None,
+    hooks: RunHooks[Any] | None = None,
 ) -> RunResultStreaming:
-    result = Runner.run_streamed(agent, model_input, run_config=run_config)
+    result = Runner.run_streamed(
+        agent, model_input, context=context, hooks=hooks, run_config=run_config
+    )
 
     async def watch() -> None:
         await stop.wait()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 
@@ -125,6 +126,8 @@ async def run_turn(rt: Runtime, turn: TurnRecord, context: Context, fence: int) 
             after, status, claimed = await rt.turns.complete(
                 turn, fence, outcome.items, outcome.output, outcome.usage,
                 outcome.context_tokens, next_max,
+                output_json=outcome.output_json, agent=outcome.agent,
+                entry=turn.entry_agent or rt.registry.default,
             )  # fmt: skip
         except (Fenced, *_INFRASTRUCTURE):
             raise
@@ -134,8 +137,9 @@ async def run_turn(rt: Runtime, turn: TurnRecord, context: Context, fence: int) 
             await _finished(rt, turn, outcome, status, after, outbox)
             return claimed
     status, claimed = await rt.turns.fail(
-        turn, fence, outcome.code, outcome.error, items=outcome.items, max_lost=next_max
-    )
+        turn, fence, outcome.code, outcome.error, items=outcome.items, usage=outcome.usage,
+        agent=outcome.agent, entry=turn.entry_agent or rt.registry.default, max_lost=next_max,
+    )  # fmt: skip
     event = {"type": "status", "status": status.value}
     if status is TurnStatus.FAILED:
         event |= {"error_code": outcome.code.value, "error": outcome.error}
@@ -154,10 +158,15 @@ async def run_turn(rt: Runtime, turn: TurnRecord, context: Context, fence: int) 
 async def _finished(
     rt: Runtime, turn: TurnRecord, done: Finished, status: TurnStatus, after: int, outbox: Outbox
 ) -> None:
-    outbox.add({"type": "status", "status": status.value})
+    event = {"type": "status", "status": status.value, "agent": done.agent}
+    if done.output_json is not None:
+        event["output_json"] = json.dumps(done.output_json, ensure_ascii=False)
+    outbox.add(event)
     await outbox.flushed()
     metrics.TURNS.labels(status=status.value).inc()
-    metrics.turn_finished(turn, status.value, done.input_tokens, done.output_tokens)
+    metrics.turn_finished(
+        turn, status.value, done.usage["input_tokens"], done.usage["output_tokens"]
+    )
     metrics.CONTEXT_TOKENS.observe(after)
     if done.trimmed:
         metrics.TRIMS.inc()

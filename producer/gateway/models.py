@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,11 +31,26 @@ class TurnCreate(BaseModel):
         },
     )
 
-    content: str = Field(
-        min_length=1,
-        json_schema_extra={"pattern": CONTENT_PATTERN},  # checked by check_content: clearer
-        description="the user's message: not blank, no NUL characters, at most "
-        "TURNQ_MAX_CONTENT_BYTES UTF-8 bytes (413 beyond)",
+    content: (
+        Annotated[str, Field(min_length=1, json_schema_extra={"pattern": CONTENT_PATTERN})]
+        | Annotated[list[dict[str, Any]], Field(min_length=1, max_length=32)]
+    ) = Field(
+        description="the user's message: a string (not blank, no NUL characters, at most "
+        "TURNQ_MAX_CONTENT_BYTES UTF-8 bytes: 413 beyond), or a list of Responses-API content "
+        "parts: {type: input_text, text}, {type: input_image, image_url (https:// or a data: "
+        "URL) | file_id, detail?}, {type: input_file, file_data (data: URL) | file_url | "
+        "file_id, filename?}; images and files together at most TURNQ_MAX_ATTACHMENT_BYTES",
+    )
+    agent: str | None = Field(
+        default=None,
+        max_length=MAX_ID,
+        description="the entry agent of a new session (GET /v1/agents); later turns may "
+        "repeat it, another one is 409 agent_conflict; default: the deployment's default",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description="a JSON object for your tools (the run context's metadata), at most "
+        "TURNQ_MAX_METADATA_BYTES as JSON",
     )
     idempotency_key: str | None = Field(
         default=None,
@@ -74,6 +89,14 @@ class TurnView(BaseModel):
     status: TurnStatus
     input: str
     output: str | None
+    agent: str | None = Field(description="the agent that answered")
+    output_json: Any = Field(
+        default=None, description="the structured final output of an agent with an output_type"
+    )
+    content: list[dict[str, Any]] | None = Field(
+        default=None, description="the message's content parts (input is their text)"
+    )
+    metadata: dict[str, Any] | None = Field(default=None, description="what you sent")
     error: str | None = Field(description="why it failed or was cancelled, for people")
     error_code: ErrorCode | None = Field(
         description="why it failed, for programs: a closed set (see docs/http-api.md)"
@@ -99,6 +122,10 @@ class TurnView(BaseModel):
             status=t.status,
             input=t.input,
             output=t.output,
+            agent=t.agent,
+            output_json=t.output_json,
+            content=t.content,
+            metadata=t.metadata,
             error=t.error,
             error_code=t.error_code,
             usage=t.usage,
@@ -127,7 +154,45 @@ class SessionSummary(BaseModel):
         return cls(**_summary_fields(s))
 
 
+class Usage(BaseModel):
+    requests: int = Field(description="model calls")
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+
+
+class UserUsage(Usage):
+    sessions: int
+
+
+class AgentTool(BaseModel):
+    name: str
+    description: str
+    needs_approval: bool | Literal["dynamic"]
+    kind: str
+
+
+class AgentInfo(BaseModel):
+    name: str = Field(description="the agent's name (Agent.name)")
+    entry: str | None = Field(description="its name as an entry agent (agent=...), if it is one")
+    default: bool = Field(description="the entry agent of sessions that name none")
+    description: str
+    handoffs: list[str] = Field(description="the agents it can hand off to")
+    tools: list[AgentTool]
+    output_type: str | None = Field(description="its structured output type, if any")
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
+
+
 class SessionDetail(SessionSummary):
+    entry_agent: str | None = Field(description="the agent the session was created with")
+    active_agent: str | None = Field(
+        description="the agent that answered last: the next turn starts there"
+    )
+    usage: Usage = Field(description="the session's model usage so far")
     summary: str | None = Field(description="the compaction summary the model sees")
     summary_tokens: int
     compaction_mark: int = Field(description="first item position the model still sees verbatim")
@@ -138,6 +203,15 @@ class SessionDetail(SessionSummary):
     def of(cls, s: SessionRecord) -> SessionDetail:
         return cls(
             **_summary_fields(s),
+            entry_agent=s.entry_agent,
+            active_agent=s.active_agent,
+            usage=Usage(
+                requests=s.requests,
+                input_tokens=s.input_tokens,
+                cached_tokens=s.cached_tokens,
+                output_tokens=s.output_tokens,
+                reasoning_tokens=s.reasoning_tokens,
+            ),
             summary=s.summary,
             summary_tokens=s.summary_tokens,
             compaction_mark=s.compaction_mark,

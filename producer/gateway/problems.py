@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from shared.errors import (
+    AgentConflict,
     ContentTooLarge,
     IdempotencyConflict,
     InvalidInput,
@@ -79,6 +80,9 @@ class Problem(BaseModel):
         default=None, description="the turn the conflict is about (busy session, cancel)"
     )
     turn_status: str | None = Field(default=None, description="that turn's status")
+    entry_agent: str | None = Field(
+        default=None, description="the session's entry agent (agent_conflict)"
+    )
 
 
 class ApiProblem(Exception):
@@ -93,6 +97,7 @@ class ApiProblem(Exception):
         headers: dict[str, str] | None = None,
         turn_id: str | None = None,
         turn_status: str | None = None,
+        entry_agent: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.problem = Problem(
@@ -104,6 +109,7 @@ class ApiProblem(Exception):
             errors=list(errors) if errors is not None else None,
             turn_id=turn_id,
             turn_status=turn_status,
+            entry_agent=entry_agent,
         )
         self.headers = headers or {}
 
@@ -188,6 +194,14 @@ def from_turnq_error(exc: TurnqError) -> ApiProblem:
             "Idempotency key reused",
             f"{exc}; use a new key for a new message",
             turn_id=exc.turn_id,
+        )
+    if isinstance(exc, AgentConflict):
+        return ApiProblem(
+            409,
+            exc.code,
+            "Agent conflict",
+            str(exc),
+            entry_agent=exc.entry_agent,
         )
     if isinstance(exc, TurnNotCancellable):
         return ApiProblem(

@@ -18,6 +18,8 @@ from producer.gateway import sse
 from producer.gateway.auth import CurrentUser
 from producer.gateway.models import (
     ID_PATTERN,
+    AgentInfo,
+    AgentList,
     CancelRequest,
     ItemPage,
     ItemView,
@@ -27,6 +29,7 @@ from producer.gateway.models import (
     TurnAccepted,
     TurnCreate,
     TurnView,
+    UserUsage,
 )
 from producer.gateway.problems import ApiProblem, FieldError, Problem
 from producer.gateway.state import gateway_of
@@ -100,8 +103,9 @@ def build_router(settings: Settings) -> APIRouter:  # noqa: C901 - one closure p
     ) -> TurnAccepted:
         """Accepted means durable: the turn is in Postgres before this answers."""
         turn = await gateway_of(request).client.enqueue(
-            session_id, user, body.content, body.idempotency_key, body.multitask_strategy.value
-        )
+            session_id, user, body.content, body.idempotency_key,
+            body.multitask_strategy.value, agent=body.agent, metadata=body.metadata,
+        )  # fmt: skip
         response.headers["Location"] = f"/v1/turns/{turn.id}"
         return TurnAccepted(
             turn_id=turn.id,
@@ -223,6 +227,27 @@ def build_router(settings: Settings) -> APIRouter:  # noqa: C901 - one closure p
         if turn.terminal:
             response.status_code = 200
         return TurnView.of(turn)
+
+    @router.get(
+        "/agents",
+        response_model=AgentList,
+        responses=_problems(422),
+        summary="The deployment's agents: handoffs, tools, which tools need approval",
+        tags=["agents"],
+    )
+    async def list_agents(request: Request, user: CurrentUser) -> AgentList:
+        agents = await gateway_of(request).client.agents()
+        return AgentList(agents=[AgentInfo.model_validate(a) for a in agents])
+
+    @router.get(
+        "/usage",
+        response_model=UserUsage,
+        responses=_problems(422),
+        summary="Your model usage over all your sessions (requests and tokens)",
+        tags=["sessions"],
+    )
+    async def get_usage(request: Request, user: CurrentUser) -> UserUsage:
+        return UserUsage.model_validate(await gateway_of(request).client.usage(user))
 
     @router.get(
         "/sessions",

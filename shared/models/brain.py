@@ -69,6 +69,8 @@ def item_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
+        if value.get("type") in ("input_image", "input_file"):
+            return _attachment(value)
         for key in ("text", "output", "content", "refusal"):
             if isinstance(value.get(key), str):
                 return str(value[key])
@@ -76,6 +78,16 @@ def item_text(value: object) -> str:
     if isinstance(value, Iterable):
         return " ".join(t for t in (item_text(part) for part in value) if t)
     return ""
+
+
+def _attachment(part: Mapping[str, Any]) -> str:
+    """An image or file the model cannot look at, described by its name."""
+    kind = "image" if part.get("type") == "input_image" else "file"
+    name = part.get("filename") or part.get("file_id")
+    url = part.get("image_url") or part.get("file_url") or part.get("file_data") or ""
+    if not name and isinstance(url, str):
+        name = "inline data" if url.startswith("data:") else url.rsplit("/", 1)[-1].split("?")[0]
+    return f"[{kind}: {name or 'unnamed'}]"
 
 
 def _role(item: Mapping[str, Any]) -> str | None:
@@ -118,13 +130,22 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
+HANDOFF_PREFIX = "transfer_to_"  # the SDK's handoff tools: transfer_to_<agent name>
+
+
+def is_handoff(name: str) -> bool:
+    return name.startswith(HANDOFF_PREFIX)
+
+
 def tool_topics(tool: ToolSpec) -> frozenset[str]:
-    """Words of the tool *name* minus verbs ("get_weather" -> {"weather"}).
+    """Words of the tool *name* minus verbs ("get_weather" -> {"weather"}); a handoff's
+    are the target agent's ("transfer_to_billing" -> {"billing"}).
 
     Description words are deliberately not topics: they are generic ("city", "current")
     and would hijack questions such as "Which city is warmer?".
     """
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", tool.name)
+    name = tool.name[len(HANDOFF_PREFIX) :] if is_handoff(tool.name) else tool.name
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
     words = {w for w in _words(spaced.replace("_", " ").replace("-", " ")) if len(w) > 2}
     return frozenset(words - _VERB_PREFIXES - _STOP_WORDS)
 
@@ -245,6 +266,8 @@ def _results(items: Sequence[Mapping[str, Any]], start: int = 0) -> list[_Result
         if item.get("type") != "function_call_output":
             continue
         call = calls.get(item.get("call_id"), {})
+        if is_handoff(str(call.get("name", ""))):
+            continue  # a handoff's output says who answers now, not a result to report
         try:
             arguments = json.loads(call.get("arguments") or "{}")
         except (TypeError, ValueError):
@@ -272,7 +295,8 @@ def _restate(result: _Result) -> str:
     topic = _topic_phrase(result.tool) if result.tool else "result"
     match = re.match(r"^\s*([^:\n]{1,80}):\s*(.+?)\s*\.?\s*$", result.output, re.DOTALL)
     if not match:
-        return f"Here is the {topic}: {result.output.strip()}"
+        verb = "are" if topic.endswith("s") and not topic.endswith("ss") else "is"
+        return f"Here {verb} the {topic}: {result.output.strip()}"
     subject, facts = match.group(1).strip(), [f.strip() for f in match.group(2).split(",")]
     facts = [f for f in facts if f]
     said = facts[0] if len(facts) == 1 else ", ".join(facts[:-1]) + " and " + facts[-1]
@@ -367,6 +391,9 @@ def _choose_tools(
         chosen = [tool for tool in tools if tool.name in previous]
     if not chosen:
         return None
+    handoffs = [tool for tool in chosen if is_handoff(tool.name)]
+    if handoffs:  # hand the conversation over; the next agent takes it from there
+        return Reply(tool_calls=(ToolCall(handoffs[0].name, {}),))
     calls = [call for tool in chosen for call in _calls_for(tool, entities)]
     if calls:
         return Reply(tool_calls=tuple(calls))
@@ -395,6 +422,19 @@ def _answer_fact_question(message: str, texts: Sequence[str]) -> str | None:
     return f"{owner.capitalize()} {key} is {value}."
 
 
+def _handed_over(items: Sequence[Mapping[str, Any]]) -> bool:
+    """The last item is a handoff's output: the agent answering now was just handed it."""
+    if not items or items[-1].get("type") != "function_call_output":
+        return False
+    call_id = items[-1].get("call_id")
+    names = [
+        str(it.get("name", ""))
+        for it in items
+        if it.get("type") == "function_call" and it.get("call_id") == call_id
+    ]
+    return bool(names) and is_handoff(names[-1])
+
+
 def think(
     instructions: str | None,
     items: str | Sequence[Mapping[str, Any]],
@@ -407,7 +447,10 @@ def think(
     message = item_text(items[users[-1]].get("content")).strip() if users else ""
     turn_start = users[-1] + 1 if users else 0
 
-    if items and items[-1].get("type") == "function_call_output":
+    handed_over = _handed_over(items)
+    if handed_over:  # a new agent takes the conversation: it may not hand it back at once
+        tools = [tool for tool in tools if not is_handoff(tool.name)]
+    elif items and items[-1].get("type") == "function_call_output":
         if _COMPARISON.search(message):
             return Reply(text=_compare(message, _results(items)))
         sentences = [_restate(r) for r in _results(items, turn_start)]

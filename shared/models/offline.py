@@ -288,10 +288,14 @@ class OfflineModel(Model):
         system_instructions: str | None,
         input: str | list[TResponseInputItem],
         tools: list[Tool],
+        handoffs: list[Handoff],
     ) -> Response:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
-        return brain_response(system_instructions, plain_items(input), tool_specs(tools), self.name)
+        specs = tool_specs(tools) + [
+            ToolSpec(h.tool_name, h.tool_description, h.input_json_schema) for h in handoffs
+        ]
+        return brain_response(system_instructions, plain_items(input), specs, self.name)
 
     async def get_response(
         self,
@@ -307,7 +311,7 @@ class OfflineModel(Model):
         conversation_id: str | None,
         prompt: ResponsePromptParam | None,
     ) -> ModelResponse:
-        response = await self._respond(system_instructions, input, tools)
+        response = await self._respond(system_instructions, input, tools, handoffs)
         usage = cast(ResponseUsage, response.usage)
         return ModelResponse(
             output=list(response.output),
@@ -334,7 +338,7 @@ class OfflineModel(Model):
         conversation_id: str | None,
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
-        response = await self._respond(system_instructions, input, tools)
+        response = await self._respond(system_instructions, input, tools, handoffs)
         for event in response_stream_events(response):
             yield event
 

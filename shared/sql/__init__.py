@@ -30,9 +30,11 @@ from shared.status import GROUPS, TRANSITIONS, ErrorCode, Move, TurnStatus
 
 HERE = Path(__file__).parent
 
-# Install order: a function may only call functions installed before it... plpgsql
-# resolves calls at run time, but ``LANGUAGE sql`` bodies are checked at creation.
+# Install order (only readability: every function is plpgsql, whose body is resolved at
+# run time, so a file may name a function or a column that comes later -- a ``LANGUAGE
+# sql`` body would be checked at creation, by an older migration that installs these).
 FILES = (
+    "turn_json.sql",
     "hold.sql",
     "append.sql",
     "take.sql",
@@ -98,11 +100,16 @@ $drop$
 """
 
 
+def drop_all(execute: Callable[[str], object]) -> None:
+    """Drop every ``turnq_*`` function of the current schema."""
+    execute(_DROP_ALL)
+
+
 def install(execute: Callable[[str], object]) -> None:
     """Drop every ``turnq_*`` function and create the current ones (one transaction: the
     caller's).  Dropping first lets a signature change; other sessions see the old
     functions until the transaction commits, then the new ones."""
-    execute(_DROP_ALL)
+    drop_all(execute)
     for sql in function_sql():
         execute(sql)
     execute(

@@ -38,7 +38,7 @@ BEGIN
         v_outcome := CASE WHEN FOUND THEN 'cancelled' ELSE 'lost_race' END;
     END IF;
     RETURN QUERY
-    SELECT v_outcome, to_jsonb(t) || jsonb_build_object('user_id', s.user_id, 'session_key', s.key)
+    SELECT v_outcome, turnq_turn_json(t, s)
     FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.id = p_tid;
 END
 $fn$;

@@ -1,13 +1,15 @@
--- turnq_fail(session, fence, turn, code, error, items, tokens, usage, max_lost)
+-- turnq_fail(session, fence, turn, code, error, items, tokens, usage, max_lost, agent, entry)
 --   -> the turn's final status, the next claim
 --
 -- Ends the holder's running turn ``failed`` with its error code and reason, appending
 -- ``items`` (what the failure keeps in the transcript; usually nothing), then claims the
 -- session's next turn.  A cancel request recorded meanwhile wins: the turn ends
--- ``cancelled`` (``rollback`` keeps no items).  TQ001 if the fence is stale.
+-- ``cancelled`` (``rollback`` keeps no items).  The usage the failed run spent is added
+-- to the session's; ``agent`` is who was running.  TQ001 if the fence is stale.
 CREATE FUNCTION turnq_fail(
     p_sid uuid, p_fence bigint, p_tid uuid, p_code text, p_error text,
-    p_items jsonb, p_tokens integer[], p_usage jsonb, p_max_lost integer
+    p_items jsonb, p_tokens integer[], p_usage jsonb, p_max_lost integer, p_agent text,
+    p_entry text
 )
 RETURNS TABLE (
     final_status text,
@@ -25,14 +27,15 @@ BEGIN
         p_items := '[]'::jsonb;
         p_tokens := '{}';
     END IF;
-    PERFORM turnq_append(p_sid, p_tid, p_items, p_tokens, NULL);
+    PERFORM turnq_append(p_sid, p_tid, p_items, p_tokens, NULL, p_usage, p_entry, NULL);
     IF v_mode IS NULL THEN
         UPDATE turns t SET status = {{to:fail}}, error_code = p_code, error = p_error,
-            usage = p_usage, finished_at = now()
+            usage = p_usage, agent = p_agent, finished_at = now()
         WHERE t.id = p_tid AND t.status IN {{from:fail}}
         RETURNING t.status INTO v_status;
     ELSE
-        UPDATE turns t SET status = {{to:stop}}, usage = p_usage, finished_at = now(),
+        UPDATE turns t SET status = {{to:stop}}, usage = p_usage, agent = p_agent,
+            finished_at = now(),
             error = 'cancelled (' || v_mode || ')'
         WHERE t.id = p_tid AND t.status IN {{from:stop}}
         RETURNING t.status INTO v_status;

@@ -7,10 +7,12 @@
 -- counted is removed from ``lost_fences``.  No status changes; a no-op when repeated.
 CREATE FUNCTION turnq_left(p_sid uuid, p_tid uuid, p_fence bigint)
 RETURNS void
-LANGUAGE sql AS $fn$
+LANGUAGE plpgsql AS $fn$
+BEGIN
     UPDATE turns t SET lost_fences = array_remove(t.lost_fences, p_fence),
         fence = CASE WHEN t.fence = p_fence AND t.status = {{status:running}} THEN NULL
                      ELSE t.fence END
     WHERE t.id = p_tid AND t.session_id = p_sid
       AND (t.fence = p_fence OR p_fence = ANY(t.lost_fences));
+END
 $fn$;

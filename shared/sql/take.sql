@@ -66,9 +66,7 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT p_fence, v_gave_up,
-        CASE WHEN t.id IS NULL THEN NULL
-             ELSE to_jsonb(t) || jsonb_build_object('user_id', s.user_id, 'session_key', s.key)
-        END,
+        CASE WHEN t.id IS NULL THEN NULL ELSE turnq_turn_json(t, s) END,
         s.summary, s.compaction_mark, s.summary_items,
         CASE WHEN t.id IS NULL THEN NULL ELSE (
             SELECT COALESCE(jsonb_agg(i.item ORDER BY i.position), '[]'::jsonb)

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.errors import (
+    AgentConflict,
     IdempotencyConflict,
     InvalidInput,
     SessionBusy,
@@ -41,21 +42,22 @@ WITH s AS (
     VALUES (:new_id, :ns, :user_id, :key, 1)
     ON CONFLICT (namespace, user_id, key) DO UPDATE
         SET turn_count = sessions.turn_count + 1, updated_at = now()
-    RETURNING id, user_id, key, turn_count
+    RETURNING id, user_id, key, turn_count, entry_agent, active_agent
 ), t AS (
-    INSERT INTO turns (id, session_id, seq, input)
-    SELECT :id, s.id, s.turn_count, :input FROM s
+    INSERT INTO turns (id, session_id, seq, input, content, metadata)
+    SELECT :id, s.id, s.turn_count, :input, CAST(:content AS jsonb), CAST(:metadata AS jsonb)
+    FROM s
     RETURNING *
 )
 SELECT {TURN_COLUMNS} FROM t JOIN s ON s.id = t.session_id
 """
 
 _UPSERT_SESSION = """
-INSERT INTO sessions (id, namespace, user_id, key, turn_count)
-VALUES (:new_id, :ns, :user_id, :key, 1)
+INSERT INTO sessions (id, namespace, user_id, key, turn_count, entry_agent)
+VALUES (:new_id, :ns, :user_id, :key, 1, :agent)
 ON CONFLICT (namespace, user_id, key) DO UPDATE
     SET turn_count = sessions.turn_count + 1, updated_at = now()
-RETURNING id::text, turn_count
+RETURNING id::text, turn_count, entry_agent, xmax = 0 AS created
 """
 
 _BUSY = render(
@@ -98,28 +100,45 @@ class ProducerStore:
         content: str,
         idempotency_key: str | None,
         multitask: Multitask = Multitask.ENQUEUE,
+        *,
+        parts: list[Item] | None = None,
+        metadata: dict[str, Any] | None = None,
+        agent: str | None = None,
+        default_agent: str | None = None,
     ) -> tuple[TurnRecord, bool, list[str]]:
         """Commit a new turn (or find the one with this idempotency key).
 
-        Returns (turn, created, ids of running turns asked to stop).  The upsert takes the
-        session row's lock, so concurrent enqueues on one session serialise, sequence
-        numbers have no gaps and no duplicates, and the multitask decision sees a stable
-        set of open turns.
+        ``content`` is the message's text; ``parts`` its content parts, if it has them.
+        ``agent`` binds a new session to that entry agent; for an existing session it must
+        be the session's (its entry agent, or ``default_agent`` when it was created without
+        one), else AgentConflict.  Returns (turn, created, ids of running turns asked to
+        stop).  The upsert takes the session row's lock, so concurrent enqueues on one
+        session serialise, sequence numbers have no gaps and no duplicates, and the
+        multitask decision sees a stable set of open turns.
         """
         ids = {"new_id": str(uuid.uuid4()), "ns": self.db.namespace, "user_id": user_id}
-        if idempotency_key is None and multitask is Multitask.ENQUEUE:
-            row = await self.db.call(
-                _ENQUEUE, {**ids, "key": key, "id": str(uuid.uuid4()), "input": content}
-            )
+        turn = {
+            "id": str(uuid.uuid4()),
+            "input": content,
+            "content": json.dumps(parts, ensure_ascii=False) if parts is not None else None,
+            "metadata": json.dumps(metadata, ensure_ascii=False) if metadata is not None else None,
+        }
+        if idempotency_key is None and multitask is Multitask.ENQUEUE and agent is None:
+            row = await self.db.call(_ENQUEUE, {**ids, "key": key, **turn})
             return turn_of(row), True, []
         async with self.db.engine.begin() as conn:
-            row = (await conn.execute(text(_UPSERT_SESSION), {**ids, "key": key})).one()
-            session_id, seq = row[0], row[1]
+            row = (
+                await conn.execute(text(_UPSERT_SESSION), {**ids, "key": key, "agent": agent})
+            ).one()
+            session_id, seq, entry, created = row[0], row[1], row[2], row[3]
+            if agent is not None and not created and (entry or default_agent) != agent:
+                await conn.rollback()  # undo the turn_count bump: no gap in seq
+                raise AgentConflict(key, entry or default_agent or "the default agent", agent)
             if idempotency_key is not None:
                 existing = await self._by_idempotency_key(conn, session_id, idempotency_key)
                 if existing is not None:
                     await conn.rollback()  # undo the turn_count bump: no gap in seq
-                    if existing.input != content:
+                    if existing.message != (parts if parts is not None else content):
                         raise IdempotencyConflict(idempotency_key, existing.id)
                     return existing, False, []
             if multitask is Multitask.REJECT:
@@ -137,17 +156,12 @@ class ProducerStore:
             inserted = (
                 await conn.execute(
                     text(
-                        "WITH t AS (INSERT INTO turns (id, session_id, seq, input, "
-                        "idempotency_key) VALUES (:id, :sid, :seq, :input, :k) RETURNING *) "
+                        "WITH t AS (INSERT INTO turns (id, session_id, seq, input, content, "
+                        "metadata, idempotency_key) VALUES (:id, :sid, :seq, :input, "
+                        "CAST(:content AS jsonb), CAST(:metadata AS jsonb), :k) RETURNING *) "
                         f"SELECT {TURN_COLUMNS} FROM t JOIN sessions s ON s.id = t.session_id"
                     ),
-                    {
-                        "id": str(uuid.uuid4()),
-                        "sid": session_id,
-                        "seq": seq,
-                        "input": content,
-                        "k": idempotency_key,
-                    },
+                    {**turn, "sid": session_id, "seq": seq, "k": idempotency_key},
                 )
             ).one()
             return turn_of(inserted), True, stopping
@@ -236,6 +250,23 @@ class ProducerStore:
         return records, (
             _encode_cursor(records[-1].updated_at, records[-1].id) if more and records else None
         )
+
+    async def usage_of(self, user_id: str) -> dict[str, int]:
+        """A user's model usage: the sum over their sessions (each turn's commit adds its
+        own to its session; no per-user row that every turn would contend for)."""
+        keys = ("requests", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+        async with self.db.autocommit() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) AS sessions, "
+                        + ", ".join(f"COALESCE(sum({k}), 0)::bigint AS {k}" for k in keys)
+                        + " FROM sessions WHERE namespace = :ns AND user_id = :u"
+                    ),
+                    {"ns": self.db.namespace, "u": user_id},
+                )
+            ).one()
+        return {k: int(v) for k, v in row._mapping.items()}
 
     async def delete_session(self, session_id: str) -> None:
         async with self.db.engine.begin() as conn:

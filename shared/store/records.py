@@ -42,10 +42,21 @@ class TurnRecord:
     finished_at: datetime | None
     user_id: str
     session_key: str
+    agent: str | None = None  # the agent that answered
+    metadata: dict[str, Any] | None = None  # the caller's, given to tools in the run context
+    content: list[Item] | None = None  # the message as content parts (None: ``input``)
+    output_json: Any = None  # a structured final output
+    entry_agent: str | None = None  # the session's
+    active_agent: str | None = None  # the session's, when the turn was read
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def message(self) -> str | list[Item]:
+        """What the user sent: the text, or its content parts."""
+        return self.content if self.content is not None else self.input
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,13 @@ class SessionRecord:
     summary_items: list[Item] = field(default_factory=list)
     compacted_at: datetime | None = None
     compaction_count: int = 0
+    entry_agent: str | None = None
+    active_agent: str | None = None
+    requests: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +109,8 @@ class Claim:
 TURN_COLUMNS = """
     t.id::text AS id, t.session_id::text AS session_id, t.seq, t.status, t.input, t.output,
     t.error, t.error_code, t.attempts, t.usage, t.context_tokens, t.idempotency_key,
-    t.queued_at, t.started_at, t.finished_at, s.user_id, s.key AS session_key
+    t.queued_at, t.started_at, t.finished_at, s.user_id, s.key AS session_key,
+    t.agent, t.metadata, t.content, t.output_json, s.entry_agent, s.active_agent
 """
 
 
@@ -125,6 +144,12 @@ def turn_of(row: Any) -> TurnRecord:
         finished_at=_time(m["finished_at"]),
         user_id=m["user_id"],
         session_key=m["session_key"],
+        agent=m.get("agent"),
+        metadata=m.get("metadata"),
+        content=m.get("content"),
+        output_json=m.get("output_json"),
+        entry_agent=m.get("entry_agent"),
+        active_agent=m.get("active_agent"),
     )
 
 

@@ -28,6 +28,10 @@ _CLAIMABLE = render(
 )
 
 
+def _json(value: Any) -> str | None:
+    return json.dumps(value, ensure_ascii=False) if value is not None else None
+
+
 def _items(items: Sequence[Item]) -> dict[str, Any]:
     return {
         "items": json.dumps(list(items), ensure_ascii=False),
@@ -63,25 +67,35 @@ class WorkerStore:
         usage: dict[str, Any] | None,
         context_tokens: int | None,
         max_lost: int | None,
+        *,
+        output_json: Any = None,
+        agent: str | None = None,
+        entry: str | None = None,
     ) -> tuple[int, TurnStatus, Claim]:
         """Append the turn's items and finish it, then claim the next: one fenced statement.
 
         A cancel request recorded meanwhile decides the outcome (``rollback`` writes no
-        items, ``interrupt`` keeps them; both end ``cancelled``).  Returns the session's
-        context size after the turn, the turn's final status and the next claim.
+        items, ``interrupt`` keeps them; both end ``cancelled``).  ``agent`` (who answered)
+        becomes the session's active agent; ``entry`` binds a session created without an entry
+        agent to the one it ran with.  Returns the session's context size after the
+        turn, the turn's final status and the next claim.
         """
         row = await self.db.call(
             "SELECT * FROM turnq_complete(:sid, :fence, :tid, CAST(:items AS jsonb), :tokens, "
-            ":output, CAST(:usage AS jsonb), :ctx, :max)",
+            ":output, CAST(:usage AS jsonb), :ctx, :max, CAST(:output_json AS jsonb), :agent, "
+            ":entry)",
             {
                 "sid": turn.session_id,
                 "fence": fence,
                 "tid": turn.id,
                 **_items(new_items),
                 "output": output,
-                "usage": json.dumps(usage) if usage is not None else None,
+                "usage": _json(usage),
                 "ctx": context_tokens,
                 "max": max_lost,
+                "output_json": _json(output_json),
+                "agent": agent,
+                "entry": entry,
             },
         )
         if row is None:
@@ -97,13 +111,15 @@ class WorkerStore:
         *,
         items: Sequence[Item] = (),
         usage: dict[str, Any] | None = None,
+        agent: str | None = None,
+        entry: str | None = None,
         max_lost: int | None,
     ) -> tuple[TurnStatus, Claim]:
         """End the running turn ``failed`` with its code (or ``cancelled``, if a cancel was
         requested meanwhile), keeping ``items`` in the transcript; claim the next."""
         row = await self.db.call(
             "SELECT * FROM turnq_fail(:sid, :fence, :tid, :code, :error, CAST(:items AS jsonb), "
-            ":tokens, CAST(:usage AS jsonb), :max)",
+            ":tokens, CAST(:usage AS jsonb), :max, :agent, :entry)",
             {
                 "sid": turn.session_id,
                 "fence": fence,
@@ -111,8 +127,10 @@ class WorkerStore:
                 "code": code.value,
                 "error": error,
                 **_items(items),
-                "usage": json.dumps(usage) if usage is not None else None,
+                "usage": _json(usage),
                 "max": max_lost,
+                "agent": agent,
+                "entry": entry,
             },
         )
         if row is None:

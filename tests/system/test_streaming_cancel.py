@@ -41,7 +41,7 @@ def test_events_stream_tool_calls_and_deltas_and_resume(
     events = collect(turn.id, user)
     kinds = [e["type"] for _, e in events]
     assert kinds[0] == "status" and events[0][1]["status"] == "running"
-    assert events[-1][1] == {"type": "status", "status": "succeeded"}
+    assert events[-1][1] == {"type": "status", "status": "succeeded", "agent": "Assistant"}
     call = next(e for _, e in events if e["type"] == "tool_call")
     assert call["name"] == "get_weather" and "Austin" in call["arguments"]
     output = next(e for _, e in events if e["type"] == "tool_output")

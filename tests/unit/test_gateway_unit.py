@@ -211,6 +211,8 @@ def test_openapi_documents_auth_and_problems_for_every_route() -> None:
         "/v1/sessions",
         "/v1/sessions/{session_id}",
         "/v1/sessions/{session_id}/items",
+        "/v1/agents",
+        "/v1/usage",
         "/healthz",
         "/metrics",
     }

@@ -34,10 +34,6 @@ CODES = (
     "agent_error", "worker_lost", "state_unreadable",
 )  # fmt: skip
 OPEN = "status IN ('queued', 'running', 'waiting')"
-NEW_FUNCTIONS = (
-    "turnq_stop_pending", "turnq_cancel", "turnq_left", "turnq_fail", "turnq_complete",
-    "turnq_claim", "turnq_take", "turnq_append", "turnq_hold",
-)  # fmt: skip
 
 
 def upgrade() -> None:
@@ -70,12 +66,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION IF EXISTS turnq_sql_checksum()")
-    for name in NEW_FUNCTIONS:
-        op.execute(
-            f"DO $d$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid::regprocedure FROM pg_proc "
-            f"WHERE proname = '{name}' LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $d$"
-        )
+    sql.drop_all(op.execute)
     op.drop_index("sessions_ns_user_updated", table_name="sessions")
     op.create_index("sessions_user_updated", "sessions", ["user_id", "updated_at"])
     op.drop_constraint("sessions_ns_user_key", "sessions")
