@@ -86,7 +86,9 @@ async def stream_run(
     stop: asyncio.Event,
     outbox: Outbox,
 ) -> RunResultStreaming:
-    result = Runner.run_streamed(agent, model_input, run_config=run_config)
+    result = Runner.run_streamed(
+        agent, model_input, run_config=run_config, max_turns=rt.settings.max_turns
+    )
 
     async def watch() -> None:
         await stop.wait()
