@@ -371,7 +371,10 @@ class AsyncClient:
             if not got:
                 turn = await self.get_turn(turn_id, user_id)
                 if turn.terminal:
-                    yield f"{last}-final", {"type": "status", "status": turn.status.value}
+                    final = {"type": "status", "status": turn.status.value}
+                    if turn.error_code is not None:  # as the worker's own event says it
+                        final |= {"error_code": turn.error_code.value, "error": turn.error or ""}
+                    yield f"{last}-final", final
                     return
                 if time.monotonic() - quiet_since > idle_timeout:
                     return

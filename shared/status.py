@@ -101,14 +101,15 @@ class ErrorCode(StrEnum):
 
 
 ERROR_MEANINGS: dict[ErrorCode, str] = {
-    ErrorCode.MODEL_ERROR: "the model refused the request (a permanent 4xx); not retried",
+    ErrorCode.MODEL_ERROR: "the model refused the request (a permanent 4xx) or its answer "
+    "could not be used; not retried",
     ErrorCode.MODEL_UNAVAILABLE: "the model kept failing transiently (429, 5xx, timeouts, "
     "broken responses) past the retries",
     ErrorCode.TIMEOUT: "the turn did not finish within TURNQ_TURN_TIMEOUT_S",
-    ErrorCode.GUARDRAIL: "an input or output guardrail tripped",
-    ErrorCode.MAX_TURNS: "the agent made more model calls than max_turns allows",
+    ErrorCode.GUARDRAIL: "an input, output or tool guardrail tripped",
+    ErrorCode.MAX_TURNS: "the agent made more model calls than TURNQ_MAX_TURNS allows",
     ErrorCode.AGENT_ERROR: "the agent's own code (a tool, a hook, instructions, output "
-    "parsing) raised",
+    "parsing) raised, or a tool needs an approval (turns cannot pause for one yet)",
     ErrorCode.WORKER_LOST: "the worker running the turn vanished (crash, OOM, kill) "
     "TURNQ_MAX_ATTEMPTS times",
     ErrorCode.STATE_UNREADABLE: "the turn's saved run state could not be loaded",

@@ -3,16 +3,35 @@
 ``EchoModel`` answers ``echo: <last user message> [ctx=<items it saw>]`` after an
 optional delay, so tests can see exactly what context a turn ran with.  A message
 containing ``FAIL-PERMANENT`` makes the model raise a non-retryable error.
+
+``misbehaving`` fails in the way its message asks (``[loop]``, ``[slow]``, ``[kill]``, ...),
+so one worker can produce every error code; its model logs every call to
+``TEST_CALL_LOG`` so a test can count calls made in another (even a killed) process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents import Agent, Model, ModelResponse, UserError
+from agents import (
+    Agent,
+    GuardrailFunctionOutput,
+    Model,
+    ModelResponse,
+    RunContextWrapper,
+    UserError,
+    function_tool,
+    input_guardrail,
+    output_guardrail,
+)
+from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
+from agents.testing.model import ModelCall, ModelStepResult
 from agents.usage import Usage
 from openai.types.responses import (
     Response,
@@ -101,6 +120,121 @@ def slow_echo() -> Agent[Any]:
     """Latency from TEST_MODEL_LATENCY_S (default 2 s): time to kill or pause a worker mid-turn."""
     return Agent(
         name="slow-echo", model=EchoModel(float(os.environ.get("TEST_MODEL_LATENCY_S", "2")))
+    )
+
+
+# --- every error code on request (tests/system/test_error_codes.py) ------------------
+
+
+class RespondingModel(ScriptedModel):
+    """The SDK's ``ScriptedModel`` with a script that never runs out: every call is
+    answered by ``responder`` (a ``ModelStep.respond`` step queued per call), so one
+    long-lived worker can serve any number of turns."""
+
+    def __init__(self, responder: Any) -> None:
+        super().__init__()
+        self.responder = responder
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        self.enqueue(ModelStep.respond(self.responder))
+        return await super().get_response(*args, **kwargs)
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        self.enqueue(ModelStep.respond(self.responder))
+        async for event in super().stream_response(*args, **kwargs):
+            yield event
+
+
+def log_call(text: str) -> None:
+    """One line per model call (the turn's message, JSON) in ``TEST_CALL_LOG``, if set.
+
+    A file, not memory: the test process counts calls made by a worker, even one that
+    killed itself right after logging."""
+    path = os.environ.get("TEST_CALL_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(text) + "\n")
+
+
+def _tool_ran(items: Any) -> bool:
+    """Whether a tool output follows the last user message (the turn's second call)."""
+    if isinstance(items, str):
+        return False
+    ran = False
+    for item in items:
+        if isinstance(item, dict) and item.get("role") == "user":
+            ran = False
+        elif isinstance(item, dict) and item.get("type") == "function_call_output":
+            ran = True
+    return ran
+
+
+async def _misbehave(call: ModelCall) -> ModelStepResult:
+    text = _last_user_text(call.input)
+    log_call(text)
+    if "[kill]" in text:  # a poison turn: its worker dies with it, every time
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "[slow]" in text:
+        await asyncio.sleep(float(os.environ.get("TEST_SLOW_S", "60")))
+    if "[loop]" in text:  # never done: another tool call, whatever the tool said
+        return [function_call("ping", {}, call_id=f"call_{uuid.uuid4().hex}")]
+    if "[leak]" in text:
+        return [assistant_message("the SECRET is 42")]
+    for marker, tool, args in (
+        ("[explode]", "explode", {}),
+        ("[wire]", "wire_money", {"amount": 5}),
+    ):
+        if marker in text and not _tool_ran(call.input):
+            return [function_call(tool, args, call_id=f"call_{uuid.uuid4().hex}")]
+    return [assistant_message(f"ok: {text}")]
+
+
+@function_tool
+def ping() -> str:
+    """Answers pong."""
+    return "pong"
+
+
+@function_tool(failure_error_function=None)
+def explode() -> str:
+    """Raises; with no failure_error_function the exception ends the run."""
+    raise RuntimeError("the explode tool blew up")
+
+
+@function_tool(needs_approval=True)
+def wire_money(amount: int) -> str:
+    """Needs a human's approval before it runs."""
+    return f"sent {amount}"
+
+
+@input_guardrail(run_in_parallel=False)  # blocking: the model is never asked
+async def no_forbidden_topics(
+    ctx: RunContextWrapper[Any], agent: Agent[Any], input: Any
+) -> GuardrailFunctionOutput:
+    return GuardrailFunctionOutput(
+        output_info=None, tripwire_triggered="[forbidden]" in _last_user_text(input)
+    )
+
+
+@output_guardrail
+async def no_secrets_out(
+    ctx: RunContextWrapper[Any], agent: Agent[Any], output: Any
+) -> GuardrailFunctionOutput:
+    return GuardrailFunctionOutput(output_info=None, tripwire_triggered="SECRET" in str(output))
+
+
+def misbehaving() -> Agent[Any]:
+    """Fails as its message asks: ``[forbidden]`` trips the input guardrail, ``[leak]`` the
+    output guardrail, ``[loop]`` calls ``ping`` forever (max_turns), ``[explode]`` calls a
+    tool that raises, ``[wire]`` a tool that needs approval, ``[slow]`` sleeps
+    ``TEST_SLOW_S`` (timeout), ``[kill]`` SIGKILLs its worker; anything else answers
+    ``ok: <message>``."""
+    return Agent(
+        name="misbehaving",
+        model=RespondingModel(_misbehave),
+        tools=[ping, explode, wire_money],
+        input_guardrails=[no_forbidden_topics],
+        output_guardrails=[no_secrets_out],
     )
 
 

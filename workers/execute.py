@@ -11,7 +11,8 @@ exception leaves a turn ``running`` for the reaper to re-run (I12).
   per call in ``workers/models.py``; nothing is retried here)
 * ``TURNQ_TURN_TIMEOUT_S`` passed: ``timeout``
 * a guardrail tripped: ``guardrail``; too many model calls: ``max_turns``
-* anything the agent's own code raised: ``agent_error``
+* anything the agent's own code raised: ``agent_error``; also a run that stopped
+  because a tool needs approval (until turns can pause for a human)
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ async def execute(
                     context=run_context, hooks=hooks,
                 )  # fmt: skip
         answered = result.last_agent.name  # a weak reference in the SDK: keep the name
+        if result.interruptions:
+            return Failed(ErrorCode.AGENT_ERROR, _needs_approval(result.interruptions))
         new_items = repair([user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)])
         output_json = _structured(result.final_output)
         usage = hooks.usage(trimmed=budget.trimmed, model_seconds=_since(started))
@@ -237,6 +240,16 @@ def classify(exc: BaseException) -> tuple[ErrorCode, str]:
         return ErrorCode.MODEL_ERROR, f"the model's answer could not be used: {exc.message}"
     text = str(exc) or type(exc).__name__
     return ErrorCode.AGENT_ERROR, f"{type(exc).__name__}: {text}"[:2000]
+
+
+def _needs_approval(interruptions: list[Any]) -> str:
+    """The run stopped for a human decision, which turnq cannot wait for yet: say so,
+    rather than the SDK's complaint about converting the approval item."""
+    names = ", ".join(sorted({repr(getattr(i, "tool_name", None) or "?") for i in interruptions}))
+    return (
+        f"a tool needs approval before it runs ({names}); turnq cannot pause a turn for "
+        "approval yet, so the turn ended without running it"
+    )
 
 
 def build_model_input(context: Context, user_item: dict[str, Any]) -> list[Any]:

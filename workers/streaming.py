@@ -90,7 +90,12 @@ async def stream_run(
     hooks: RunHooks[Any] | None = None,
 ) -> RunResultStreaming:
     result = Runner.run_streamed(
-        agent, model_input, context=context, hooks=hooks, run_config=run_config
+        agent,
+        model_input,
+        context=context,
+        hooks=hooks,
+        run_config=run_config,
+        max_turns=rt.settings.max_turns,
     )
 
     async def watch() -> None:
@@ -99,12 +104,20 @@ async def stream_run(
         result.cancel(mode="immediate" if mode == "rollback" else "after_turn")
 
     watcher = asyncio.create_task(watch())
+    passed = False
     try:
         async for event in result.stream_events():
+            if outbox.held is None and _guarded(result.current_agent, run_config):
+                outbox.hold()
             fields = describe(event)
             if fields is not None:
                 outbox.add(fields)
+        passed = not stop.is_set()  # a stopped run's output may never have been checked
     finally:
+        if passed:
+            outbox.release()
+        else:
+            outbox.drop()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
@@ -112,11 +125,21 @@ async def stream_run(
     return result
 
 
+def _guarded(agent: Agent[Any], run_config: RunConfig) -> bool:
+    """The agent's output must pass output guardrails, which run only once it is final."""
+    return bool(agent.output_guardrails or run_config.output_guardrails)
+
+
 class Outbox:
     """A turn's stream events, sent in order without making the run wait for Redis.
 
     One sender at a time takes everything queued so far in one pipeline, so a burst of
     text deltas costs one round trip instead of one each.
+
+    While an agent with output guardrails runs, its events (text, tool calls, retries)
+    are held and sent only once the run ended with its output passing them: text that
+    a guardrail blocks never reaches a client (I11: as with a plain ``Runner.run``).
+    Status events are never held.
     """
 
     def __init__(self, rt: Runtime, turn_id: str) -> None:
@@ -124,8 +147,24 @@ class Outbox:
         self.turn_id = turn_id
         self.queued: list[dict[str, Any]] = []
         self.sender: asyncio.Task[None] | None = None
+        self.held: list[dict[str, Any]] | None = None  # None: not holding
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for event in held:
+            self.add(event)
+
+    def drop(self) -> None:
+        self.held = None
 
     def add(self, event: dict[str, Any]) -> None:
+        if self.held is not None and event.get("type") != "status":
+            self.held.append(event)
+            return
         self.queued.append(event)
         if self.sender is None or self.sender.done():
             self.sender = asyncio.create_task(self._send())

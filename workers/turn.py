@@ -177,10 +177,10 @@ async def _finished(
 async def _announce_lost(rt: Runtime, turn_id: str) -> None:
     metrics.TURN_FAILURES.labels(code=ErrorCode.WORKER_LOST.value).inc()
     metrics.TURNS.labels(status=TurnStatus.FAILED.value).inc()
-    await publish(
-        rt, turn_id,
-        {"type": "status", "status": "failed", "error_code": ErrorCode.WORKER_LOST.value},
-    )  # fmt: skip
+    event = {"type": "status", "status": "failed", "error_code": ErrorCode.WORKER_LOST.value}
+    with contextlib.suppress(Exception):  # the reason is Postgres's; the event goes out anyway
+        event["error"] = await rt.turns.error_of(turn_id) or ""
+    await publish(rt, turn_id, event)
 
 
 async def _left(rt: Runtime, turn: TurnRecord, fence: int) -> None:

@@ -148,6 +148,11 @@ class WorkerStore:
         row = await self.db.call("SELECT cancel_mode FROM turns WHERE id = :id", {"id": turn_id})
         return row["cancel_mode"] if row is not None else None
 
+    async def error_of(self, turn_id: str) -> str | None:
+        """Why the turn failed, as recorded (e.g. by ``turnq_take`` for ``worker_lost``)."""
+        row = await self.db.call("SELECT error FROM turns WHERE id = :id", {"id": turn_id})
+        return row["error"] if row is not None else None
+
     async def claimable(self, session_id: str) -> bool:
         """The session's lowest open turn can run (queued, or running with no live holder);
         False when nothing is open or a paused turn holds the line."""

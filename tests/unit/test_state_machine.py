@@ -114,3 +114,13 @@ def test_error_codes_are_a_closed_set_with_meanings() -> None:
         "model_error", "model_unavailable", "timeout", "guardrail", "max_turns",
         "agent_error", "worker_lost", "state_unreadable",
     }  # fmt: skip
+
+
+def test_the_http_docs_list_exactly_the_error_codes_with_their_meanings() -> None:
+    from shared.status import ERROR_MEANINGS
+
+    doc = (ROOT / "docs" / "http-api.md").read_text()
+    section = doc.split("\n## Error codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", section, re.M))
+    rows.pop("error_code")  # the header
+    assert rows == {code.value: meaning for code, meaning in ERROR_MEANINGS.items()}
