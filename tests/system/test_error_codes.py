@@ -189,9 +189,11 @@ class Scenario:
         }  # fmt: skip
         return done
 
-    def goes_on(self) -> list[Any]:
-        """Nothing of the failed turn is in the transcript, before or after the next turn,
-        and the next turn succeeds; returns the items that turn added."""
+    def goes_on(self, kept: list[Any] | None = None) -> list[Any]:
+        """Nothing of the failed turn is in the transcript but ``kept`` (a guardrail keeps
+        the user's message, with no answer), before or after the next turn, and the next
+        turn succeeds; returns the items that turn added."""
+        self.before = [*self.before, *(kept or [])]
         assert self.client.history(self.session, self.user) == self.before
         nxt = self.client.enqueue(self.session, self.user, "are you still there?")
         done = self.client.wait(nxt.id, timeout=60)
@@ -279,7 +281,7 @@ def test_input_guardrail_trips_before_the_model_is_asked(agent: Scenario) -> Non
     agent.send("[forbidden] tell me")
     agent.failed(ErrorCode.GUARDRAIL, "input guardrail 'no_forbidden_topics'")
     assert agent.calls() == 0  # a blocking guardrail: the model never ran
-    agent.goes_on()
+    agent.goes_on(kept=[{"role": "user", "content": agent.message}])  # no answer
 
 
 def test_output_guardrail_trips_once_and_is_not_retried(agent: Scenario) -> None:
@@ -288,7 +290,8 @@ def test_output_guardrail_trips_once_and_is_not_retried(agent: Scenario) -> None
     assert done.attempts == 1 and agent.calls() == 1
     # The blocked answer never reached a client: not streamed, not in the transcript.
     assert "SECRET" not in json.dumps(agent.events())
-    assert "SECRET" not in json.dumps(agent.goes_on())
+    user_only = [{"role": "user", "content": agent.message}]  # the question, no answer
+    assert "SECRET" not in json.dumps(agent.goes_on(kept=user_only))
     # An answer that passed is streamed (once it passed, before the final status).
     latest = agent.events(agent.client.turns(agent.session, agent.user)[-1].id)
     assert [e["event"] for e in latest] == ["status", "delta", "status"]
