@@ -477,11 +477,19 @@ app.add_typer(keys_app, name="keys")
 def keys_create(
     user: Annotated[str, typer.Option("--user", "-u", help="the user the key acts as")],
     name: Annotated[str | None, typer.Option(help="a label, e.g. the backend using it")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="approver: may list and decide every user's pending approvals (a support "
+            "desk), and nothing else of theirs",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
     from producer.gateway.keys import create_key
 
-    key = create_key(get_settings().require_database_url(), user, name)
+    key = create_key(get_settings().require_database_url(), user, name, scope or ())
     err.print(f"[dim]API key for user {user} (shown once; store it now):[/dim]")
     typer.echo(key)
 

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, metrics
 from shared.celery_app import make_celery
 from shared.compaction.store import CompactionStore
 from shared.errors import InvalidInput, SessionNotFound, TurnNotFound, WaitTimeout
@@ -40,6 +40,7 @@ from shared.status import TERMINAL, ErrorCode, TurnStatus
 from shared.store import Database, Item, ProducerStore, SessionRecord, TurnRecord
 from shared.validation import (
     check_agent_name,
+    check_decisions,
     check_event_id,
     check_id,
     check_message,
@@ -63,6 +64,15 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class Decided:
+    """Decisions recorded on a waiting turn's tool calls."""
+
+    turn: TurnResult
+    decisions: list[str]  # approved / rejected, one per call decided
+    resumed: bool  # nothing left pending: the turn was queued again
+
+
+@dataclass(frozen=True)
 class TurnResult:
     id: str
     session_id: str
@@ -82,6 +92,7 @@ class TurnResult:
     output_json: Any = None  # the structured final output of an agent with output_type
     content: list[dict[str, Any]] | None = None  # the message's content parts, if any
     metadata: dict[str, Any] | None = None  # what the caller gave at enqueue
+    pending_items: list[dict[str, Any]] | None = None  # waiting: its work so far, calls marked
 
     @property
     def terminal(self) -> bool:
@@ -118,6 +129,7 @@ class TurnResult:
             output_json=t.output_json,
             content=t.content,
             metadata=t.metadata,
+            pending_items=t.pending_items if t.status is TurnStatus.WAITING else None,
         )
 
 
@@ -241,9 +253,13 @@ class AsyncClient:
             log.warning("cancel signal not sent; the worker sees it at commit", exc_info=True)
 
     async def _announce(self, turn_id: str, status: str) -> None:
+        await self._publish(turn_id, {"type": "status", "status": status})
+
+    async def _publish(self, turn_id: str, *events: dict[str, str]) -> None:
         try:
             key = keys.events_key(turn_id, self.settings.namespace)
-            await self.redis.xadd(key, {"type": "status", "status": status})
+            for event in events:
+                await self.redis.xadd(key, event)  # type: ignore[arg-type]
             await self.redis.expire(key, self.settings.events_ttl_s)
         except (RedisError, OSError):
             pass  # waiters also poll Postgres
@@ -311,8 +327,80 @@ class AsyncClient:
         return record
 
     async def history(self, session_id: str, user_id: str) -> list[Item]:
+        """The transcript, oldest first; a turn waiting for approvals adds what it did so far
+        at the end (not yet in the session's items), its pending calls marked
+        ``"approval": "pending"``."""
         record = await self.session(session_id, user_id)
-        return [item for _, _, item in await self.store.history(record.id)]
+        items = [item for _, _, item in await self.store.history(record.id)]
+        if record.turn_count > 0:
+            waiting = [t for t in await self.store.turns_of(record.id) if t.pending_items]
+            for turn in waiting:
+                if turn.status is TurnStatus.WAITING:
+                    items.extend(turn.pending_items or [])
+        return items
+
+    # ------------------------------------------------------------------ approvals
+    async def approve(
+        self, turn_id: str, user_id: str, call_id: str, message: str | None = None
+    ) -> Decided:
+        """Approve a tool call a waiting turn asked about (the session's owner)."""
+        return await self.decide(turn_id, user_id, [(call_id, True, message)])
+
+    async def reject(
+        self, turn_id: str, user_id: str, call_id: str, message: str | None = None
+    ) -> Decided:
+        """Reject it; the model sees ``message`` as the call's output and answers."""
+        return await self.decide(turn_id, user_id, [(call_id, False, message)])
+
+    async def decide(
+        self,
+        turn_id: str,
+        user_id: str,
+        decisions: list[tuple[str, bool, str | None]],
+        *,
+        approver: bool = False,
+    ) -> Decided:
+        """Record decisions (call id, approve, message), all or none.  Each is recorded
+        exactly once: the same decision again is idempotent, the other one is
+        ApprovalConflict.  ``approver``: the caller holds an approver key and may decide
+        any user's approvals (``user_id`` is who decided); otherwise only the session's
+        owner finds the turn.  When no call is left pending the turn is queued again and
+        any worker resumes it."""
+        tid = check_turn_id(turn_id)
+        check_id("user_id", user_id, self.settings.max_id_length)
+        checked = check_decisions(decisions)
+        owner = None if approver else user_id
+        turn, results, resumed = await self.store.decide(tid, checked, user_id, owner)
+        recorded = [r for r in results if r["outcome"] == "recorded"]
+        for r in recorded:
+            metrics.APPROVALS_DECIDED.labels(decision=r["decision"]).inc()
+            if r["waited_s"] is not None:
+                metrics.APPROVAL_DECISION_SECONDS.observe(max(0.0, float(r["waited_s"])))
+        if recorded:
+            await self._publish(
+                tid, *({"type": "approval_decided", "call_id": r["call_id"],
+                        "decision": r["decision"]} for r in recorded),
+            )  # fmt: skip
+        if resumed:
+            await self._kick(turn.session_id)
+        return Decided(TurnResult.of(turn), [r["decision"] for r in results], resumed)
+
+    async def approvals(
+        self,
+        user_id: str,
+        *,
+        pending_only: bool = True,
+        approver: bool = False,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Approvals, oldest first: the user's own, or every user's of the deployment for an
+        approver key; with the tool, its arguments, and what the user asked."""
+        check_id("user_id", user_id, self.settings.max_id_length)
+        if not 1 <= limit <= 200:
+            raise InvalidInput("limit", "must be between 1 and 200")
+        owner = None if approver else user_id
+        return await self.store.approvals(owner, pending_only, limit, cursor)
 
     async def list_sessions(
         self, user_id: str, limit: int = 20, cursor: str | None = None
@@ -438,6 +526,40 @@ class Client:
 
     def agents(self) -> list[dict[str, Any]]:
         return self._portal.run(self._inner.agents())
+
+    def approve(
+        self, turn_id: str, user_id: str, call_id: str, message: str | None = None
+    ) -> Decided:
+        return self._portal.run(self._inner.approve(turn_id, user_id, call_id, message))
+
+    def reject(
+        self, turn_id: str, user_id: str, call_id: str, message: str | None = None
+    ) -> Decided:
+        return self._portal.run(self._inner.reject(turn_id, user_id, call_id, message))
+
+    def decide(
+        self,
+        turn_id: str,
+        user_id: str,
+        decisions: list[tuple[str, bool, str | None]],
+        *,
+        approver: bool = False,
+    ) -> Decided:
+        return self._portal.run(self._inner.decide(turn_id, user_id, decisions, approver=approver))
+
+    def approvals(
+        self,
+        user_id: str,
+        *,
+        pending_only: bool = True,
+        approver: bool = False,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        inner = self._inner.approvals(
+            user_id, pending_only=pending_only, approver=approver, limit=limit, cursor=cursor
+        )
+        return self._portal.run(inner)
 
     def usage(self, user_id: str) -> dict[str, int]:
         return self._portal.run(self._inner.usage(user_id))

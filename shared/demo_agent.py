@@ -88,8 +88,17 @@ def list_invoices(ctx: RunContextWrapper[Any]) -> str:
     return f"{n} invoice(s) for {user}, all paid; the last one was {9 + 3 * n} EUR"
 
 
+@function_tool(needs_approval=True)
+def request_refund(ctx: RunContextWrapper[Any]) -> str:
+    """Refund the caller's last invoice.  A person approves every refund before it runs."""
+    user = _user_of(ctx)
+    n = hashlib.sha256(user.encode()).digest()[2] % 3 + 1
+    return f"refund of {9 + 3 * n} EUR issued to {user}"
+
+
 BILLING_INSTRUCTIONS = (
-    "You handle billing: plans, invoices and refunds. Use the tools; they know the customer."
+    "You handle billing: plans, invoices and refunds. Use the tools; they know the customer. "
+    "Refunds need a person's approval."
 )
 
 
@@ -99,7 +108,7 @@ def build_agent() -> Agent[Any]:
         name="Billing",
         handoff_description="Questions about the customer's plan, invoices and refunds.",
         instructions=BILLING_INSTRUCTIONS,
-        tools=[get_plan, list_invoices],
+        tools=[get_plan, list_invoices, request_refund],
     )
     return Agent(
         name="Assistant",

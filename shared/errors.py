@@ -97,3 +97,42 @@ class AgentConflict(TurnqError):
         )
         self.entry_agent = entry_agent
         self.asked = asked
+
+
+class ApprovalNotFound(NotFound):
+    """The turn never asked about this tool call (or the turn is not the caller's)."""
+
+    code = "approval_not_found"
+
+    def __init__(self, turn_id: str, call_id: str) -> None:
+        super().__init__(f"turn {turn_id!r} has no approval for tool call {call_id!r}")
+
+
+class ApprovalConflict(TurnqError):
+    """The other decision was already recorded for this tool call."""
+
+    code = "approval_conflict"
+
+    def __init__(self, turn_id: str, call_id: str, recorded: str) -> None:
+        super().__init__(
+            f"tool call {call_id!r} of turn {turn_id} was already {recorded}; a decision is "
+            "recorded once"
+        )
+        self.turn_id = turn_id
+        self.call_id = call_id
+        self.recorded = recorded
+
+
+class ApprovalNotPending(TurnqError):
+    """The turn no longer waits for this decision (cancelled, expired or finished)."""
+
+    code = "approval_not_pending"
+
+    def __init__(self, turn_id: str, call_id: str, status: str) -> None:
+        super().__init__(
+            f"turn {turn_id} no longer waits for a decision on tool call {call_id!r} "
+            f"(it is {status})"
+        )
+        self.turn_id = turn_id
+        self.call_id = call_id
+        self.status = status

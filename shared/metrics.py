@@ -46,6 +46,19 @@ AGENT_FALLBACKS = Counter(
     "Turns that started at the session's entry agent because its active agent is no longer "
     "in the deployment.",
 )
+APPROVALS_REQUESTED = Counter(
+    "turnq_approvals_requested_total", "Tool calls a paused turn asked a person to decide."
+)
+APPROVALS_DECIDED = Counter(
+    "turnq_approvals_decided_total",
+    "Approval decisions recorded, by decision (approved, rejected, expired).",
+    ["decision"],
+)
+APPROVAL_DECISION_SECONDS = Histogram(
+    "turnq_approval_decision_seconds",
+    "From a tool call asking for approval to its decision.",
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600),
+)
 TURN_FAILURES = Counter(
     "turnq_turn_failures_total",
     "Failed turns by error code (shared.status.ErrorCode).",

@@ -100,6 +100,10 @@ turns = Table(
     Column("agent", Text, nullable=True),  # the agent that answered
     Column("output", Text, nullable=True),
     Column("output_json", JSONB, nullable=True),  # a structured final output (output_type)
+    # A paused turn (waiting): its RunState JSON (server-side only) and what it produced so
+    # far, its pending tool calls marked "approval": "pending" (the transcript's view).
+    Column("run_state", JSONB, nullable=True),
+    Column("pending_items", JSONB, nullable=True),
     Column("error", Text, nullable=True),
     Column("error_code", Text, nullable=True),  # shared.status.ErrorCode when failed
     Column("attempts", Integer, nullable=False, server_default="0"),  # executions started
@@ -149,7 +153,47 @@ api_keys = Table(
     Column("name", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True)),
+    # "approver": may list and decide every user's pending approvals, nothing else of theirs
+    Column("scopes", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Index("api_keys_user", "user_id"),
+)
+
+# One row per tool call a paused turn waits on; the decision is recorded once.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column(
+        "turn_id", UUID(as_uuid=False), ForeignKey("turns.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("call_id", Text, nullable=False),
+    Column(
+        "session_id",
+        UUID(as_uuid=False),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("namespace", Text, nullable=False, server_default=text("''")),
+    Column("user_id", Text, nullable=False),  # the session's owner
+    Column("tool", Text, nullable=False),
+    Column("arguments", Text, nullable=False),  # the call's JSON arguments, as the model sent them
+    Column("agent", Text, nullable=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("decision", Text, nullable=True),  # NULL: pending
+    Column("message", Text, nullable=True),  # a rejection's message, which the model sees
+    Column("decided_by", Text, nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("turn_id", "call_id", name="approvals_pkey"),
+    CheckConstraint(
+        "decision IN ('approved', 'rejected', 'expired', 'cancelled')",
+        name="approvals_decision_valid",
+    ),
+    Index(
+        "approvals_pending",
+        "namespace",
+        "requested_at",
+        postgresql_where=text("decision IS NULL"),
+    ),
+    Index("approvals_user", "namespace", "user_id", "requested_at"),
 )
 
 compactions = Table(

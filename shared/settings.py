@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # A turn whose worker vanished (crash, OOM, kill) this many times while running it is
     # failed with worker_lost; pauses, lock hand-overs and redeliveries never count.
     max_attempts: int = Field(default=5, ge=1, le=100)
+    # A tool call nobody approved or rejected within this is rejected ("approval timed out")
+    # by beat, and the turn answers; per agent: TURNQ_APPROVAL_TTL_S in the agent's module.
+    approval_ttl_s: float = Field(default=24 * 3600, gt=0)
     db_pool_size: int = Field(
         default=10,
         ge=1,

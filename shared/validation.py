@@ -269,3 +269,31 @@ def check_agent_name(value: object, max_length: int) -> str | None:
         raise InvalidInput("agent", f"must be at most {max_length} printable characters")
     _check_text("agent", value)
     return value
+
+
+MAX_DECISIONS = 64
+
+
+def check_decisions(value: object) -> list[tuple[str, bool, str | None]]:
+    """Approval decisions: (call id, approve, message), 1 to 64, each call once."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_DECISIONS:
+        raise InvalidInput("decisions", f"must be a list of 1 to {MAX_DECISIONS} decisions")
+    out: list[tuple[str, bool, str | None]] = []
+    for i, d in enumerate(value):
+        where = f"decisions[{i}]"
+        if not isinstance(d, tuple | list) or len(d) != 3:
+            raise InvalidInput(where, "must be (call_id, approve, message)")
+        call_id, approve, message = d
+        if not isinstance(call_id, str) or not 1 <= len(call_id) <= 256:
+            raise InvalidInput(f"{where}.call_id", "must be a string of 1 to 256 characters")
+        _check_text(f"{where}.call_id", call_id)
+        if not isinstance(approve, bool):
+            raise InvalidInput(f"{where}.approve", "must be true or false")
+        if message is not None:
+            if not isinstance(message, str) or len(message) > 4000:
+                raise InvalidInput(f"{where}.message", "must be a string of at most 4000 chars")
+            _check_text(f"{where}.message", message)
+        out.append((call_id, approve, message))
+    if len({c for c, _, _ in out}) != len(out):
+        raise InvalidInput("decisions", "each call_id may be decided once per request")
+    return out

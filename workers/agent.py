@@ -25,6 +25,24 @@ def load_context_overrides(spec: str) -> dict[str, Any]:
     return dict(overrides)
 
 
+def approval_ttls(spec: str, default_s: float) -> tuple[float, dict[str, float]]:
+    """The approval TTL: ``TURNQ_APPROVAL_TTL_S`` in the agent's module -- seconds, or a
+    mapping of agent names to seconds (the others keep the deployment's)."""
+    module = importlib.import_module(spec.partition(":")[0])
+    value = getattr(module, "TURNQ_APPROVAL_TTL_S", None)
+    if value is None:
+        return default_s, {}
+    if isinstance(value, int | float) and value > 0:
+        return float(value), {}
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, int | float) and v > 0 for k, v in value.items()
+    ):
+        return default_s, {k: float(v) for k, v in value.items()}
+    raise AgentSpecError(
+        f"TURNQ_APPROVAL_TTL_S in {module.__name__} must be seconds or {{agent name: seconds}}"
+    )
+
+
 def wrap_agent_models(registry: Registry, default_model: str) -> None:
     """Route every model call of every agent through turnq (``workers.models``).
 

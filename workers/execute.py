@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents import Agent, ModelResponse, RunHooks
+from agents import Agent, ModelResponse, RunHooks, RunState
 from agents.exceptions import (
     InputGuardrailTripwireTriggered,
     MaxTurnsExceeded,
@@ -35,6 +35,7 @@ from agents.exceptions import (
     ToolInputGuardrailTripwireTriggered,
     ToolOutputGuardrailTripwireTriggered,
 )
+from agents.items import ToolApprovalItem
 
 from shared import metrics
 from shared.compaction.turns import repair
@@ -63,6 +64,18 @@ class Finished:
 
 
 @dataclass
+class Paused:
+    """The run waits for a person to approve tool calls (shared/sql/pause.sql)."""
+
+    state: dict[str, Any]  # {"start": the agent the run started at, "state": RunState JSON}
+    approvals: list[dict[str, Any]]  # {call_id, tool, arguments, agent}
+    pending_items: list[dict[str, Any]]  # the turn so far, pending calls marked
+    finished_items: list[dict[str, Any]]  # what an interrupt keeps (pending calls repaired)
+    usage: dict[str, Any]
+    agent: str
+
+
+@dataclass
 class Failed:
     code: ErrorCode
     error: str
@@ -75,9 +88,11 @@ class TurnHooks(RunHooks[Any]):
     """Per turn: usage request by request, per agent (the SDK reports it per call, without
     the agent), and an ``agent`` event when a handoff changes who answers."""
 
-    def __init__(self, agent: str, notify: Any) -> None:
+    def __init__(self, agent: str, notify: Any, previous: dict[str, Any] | None = None) -> None:
         self.agent = agent
-        self.calls: list[dict[str, Any]] = []
+        # A resumed turn's usage goes on from its paused run's (the stored usage is
+        # cumulative; the session's counters get only the growth).
+        self.calls: list[dict[str, Any]] = list((previous or {}).get("calls") or [])
         self.notify = notify
 
     async def on_agent_start(self, context: Any, agent: Agent[Any]) -> None:
@@ -123,10 +138,10 @@ USAGE_KEYS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "rea
 
 async def execute(
     rt: Runtime, turn: TurnRecord, context: Context, outbox: Outbox
-) -> Finished | Failed:
+) -> Finished | Paused | Failed:
     user_item: dict[str, Any] = {"role": "user", "content": turn.message}
     agent = starting_agent(rt, turn)
-    hooks = TurnHooks(agent.name, outbox.add)
+    hooks = TurnHooks(agent.name, outbox.add, previous=turn.usage)
     model_input = build_model_input(context, user_item)
     budget = CallBudget(rt.policy, rt.estimator, rt.calibration)
     stop = rt.cancels.register(turn.id)
@@ -135,16 +150,22 @@ async def execute(
     deadline = asyncio.timeout(rt.settings.turn_timeout_s)
     try:
         async with deadline:
-            run_context = await _run_context(rt, turn, agent)
+            run_input: Any = model_input
+            if turn.run_state is not None:  # resumed after its approvals were decided
+                agent, run_input = await _resume(rt, turn, agent)
+                run_context = None  # the saved state's, overridden with this turn's
+            else:
+                run_context = await _run_context(rt, turn, agent)
             with budget.active(), turn_scope(scope):
                 result = await stream_run(
-                    rt, agent, turn.id, model_input, rt.run_config, stop, outbox,
+                    rt, agent, turn.id, run_input, rt.run_config, stop, outbox,
                     context=run_context, hooks=hooks,
                 )  # fmt: skip
         answered = result.last_agent.name  # a weak reference in the SDK: keep the name
+        done = [_jsonable(i.to_input_item()) for i in result.new_items if not _approval(i)]
         if result.interruptions:
-            return Failed(ErrorCode.AGENT_ERROR, _needs_approval(result.interruptions))
-        new_items = repair([user_item, *(_jsonable(i.to_input_item()) for i in result.new_items)])
+            return _paused(result, agent, user_item, done, hooks, started)
+        new_items = repair([user_item, *done])
         output_json = _structured(result.final_output)
         usage = hooks.usage(trimmed=budget.trimmed, model_seconds=_since(started))
         return Finished(
@@ -158,6 +179,8 @@ async def execute(
             context_tokens=_context_after(rt, budget, model_input, new_items, hooks.calls),
             trimmed=budget.trimmed,
         )
+    except StateUnreadable as exc:
+        return Failed(ErrorCode.STATE_UNREADABLE, str(exc), usage=turn.usage, agent=agent.name)
     except Exception as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
             code, error = (
@@ -242,13 +265,85 @@ def classify(exc: BaseException) -> tuple[ErrorCode, str]:
     return ErrorCode.AGENT_ERROR, f"{type(exc).__name__}: {text}"[:2000]
 
 
-def _needs_approval(interruptions: list[Any]) -> str:
-    """The run stopped for a human decision, which turnq cannot wait for yet: say so,
-    rather than the SDK's complaint about converting the approval item."""
-    names = ", ".join(sorted({repr(getattr(i, "tool_name", None) or "?") for i in interruptions}))
+class StateUnreadable(Exception):
+    pass
+
+
+def _approval(item: Any) -> bool:
+    return isinstance(item, ToolApprovalItem)
+
+
+async def _resume(rt: Runtime, turn: TurnRecord, agent: Agent[Any]) -> tuple[Agent[Any], Any]:
+    """The paused run, loaded afresh (resuming mutates it) with the decisions applied."""
+    saved = turn.run_state or {}
+    graph = rt.registry.graph(turn.entry_agent)
+    start = graph.get(str(saved.get("start")), rt.registry.entry(turn.entry_agent))
+    decisions = {d["call_id"]: d for d in turn.decisions or []}
+    try:
+        context = await _run_context(rt, turn, start)
+        state = await RunState.from_json(
+            rt.registry.entry(turn.entry_agent), saved["state"], context_override=context
+        )
+        for item in state.get_interruptions():
+            decided = decisions.get(str(getattr(item, "call_id", "")))
+            if decided is not None and decided["decision"] == "approved":
+                state.approve(item)
+            else:
+                state.reject(item, rejection_message=rejection_message(decided))
+    except Exception as exc:
+        raise StateUnreadable(
+            f"the paused run's saved state could not be loaded ({type(exc).__name__}: "
+            f"{str(exc)[:500]}); did the deployment's agents or the Agents SDK version change?"
+        ) from exc
+    return start, state
+
+
+def rejection_message(decided: dict[str, Any] | None) -> str:
+    """What the model sees as the output of a call a person did not approve."""
+    if decided is None:
+        return "this tool call was not approved"
+    if decided["decision"] == "expired":
+        return "approval timed out: nobody approved this tool call in time, so it did not run"
+    message = decided.get("message")
     return (
-        f"a tool needs approval before it runs ({names}); turnq cannot pause a turn for "
-        "approval yet, so the turn ended without running it"
+        f"the user rejected this tool call: {message}"
+        if message
+        else ("the user rejected this tool call")
+    )
+
+
+def _paused(
+    result: Any,
+    agent: Agent[Any],
+    user_item: dict[str, Any],
+    done: list[dict[str, Any]],
+    hooks: TurnHooks,
+    started: float,
+) -> Paused:
+    asked = [
+        {
+            "call_id": str(i.call_id),
+            "tool": str(i.name),
+            "arguments": str(i.arguments or "{}"),
+            "agent": i.agent.name,
+        }
+        for i in result.interruptions
+    ]
+    pending = {a["call_id"] for a in asked}
+    preview = [
+        {**item, "approval": "pending"}
+        if item.get("type") == "function_call" and item.get("call_id") in pending
+        else item
+        for item in [user_item, *done]
+    ]
+    state = result.to_state().to_json(context_serializer=lambda _context: {})
+    return Paused(
+        state={"start": agent.name, "state": state},
+        approvals=asked,
+        pending_items=preview,
+        finished_items=repair([user_item, *done]),
+        usage=hooks.usage(model_seconds=_since(started)),
+        agent=hooks.agent,
     )
 
 

@@ -39,6 +39,7 @@ async def reap(rt: Runtime) -> int:
         return 0
     try:
         kicked = await _rekick_stale_turns(rt)
+        kicked += await _expire_approvals(rt)
         await _request_overdue_compactions(rt)
     except Exception:
         metrics.BEAT_JOBS.labels(job="reap", outcome="failed").inc()
@@ -64,6 +65,18 @@ async def _rekick_stale_turns(rt: Runtime) -> int:
         metrics.REAPER_RECOVERIES.inc(len(orphaned))
         log.info("reaper re-kicked sessions", extra={"count": len(orphaned)})
     return len(orphaned)
+
+
+async def _expire_approvals(rt: Runtime) -> int:
+    """Reject approvals nobody decided within their TTL; the turns answer (I13)."""
+    default_s, by_agent = rt.approval_ttl
+    expired, resumed = await rt.sweeps.expire_approvals(default_s, by_agent, BATCH)
+    if expired:
+        metrics.APPROVALS_DECIDED.labels(decision="expired").inc(expired)
+        log.info("reaper expired approvals", extra={"count": expired, "resumed": len(resumed)})
+    for sid in resumed:
+        await rt.kick(keys.DRAIN_TASK, sid)
+    return len(resumed)
 
 
 async def _request_overdue_compactions(rt: Runtime) -> None:

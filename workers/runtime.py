@@ -30,7 +30,7 @@ from shared.registry import Registry, registry_for
 from shared.settings import Settings, get_settings
 from shared.store import Database, MaintenanceStore, WorkerStore
 from shared.tokens import TokenEstimator, default_estimator
-from workers.agent import load_context_overrides, wrap_agent_models
+from workers.agent import approval_ttls, load_context_overrides, wrap_agent_models
 from workers.context import budget_filter
 from workers.models import TurnqProvider
 from workers.streaming import CancelListener
@@ -49,6 +49,7 @@ class Runtime:
     run_config: RunConfig
     policy: ContextPolicy
     estimator: TokenEstimator
+    approval_ttl: tuple[float, dict[str, float]] = (24 * 3600.0, {})
     calibration: float = 1.0  # measured/estimated tokens, updated as models report usage
     send: Callable[[str, str], None] | None = None  # (task name, session id); set by workers.app
     _summarizer: Summarizer | None = None
@@ -168,4 +169,5 @@ def _build(settings: Settings) -> Runtime:
         run_config,
         policy=policy,
         estimator=estimator,
+        approval_ttl=approval_ttls(settings.agent, settings.approval_ttl_s),
     )

@@ -35,7 +35,7 @@ from shared.locks import SessionLock
 from shared.status import ErrorCode, TurnStatus
 from shared.store import Claim, Context, TurnRecord
 from workers.compact import request_compaction
-from workers.execute import Failed, Finished, execute
+from workers.execute import Failed, Finished, Paused, execute
 from workers.runtime import Runtime
 from workers.streaming import Outbox, publish
 
@@ -136,6 +136,8 @@ async def run_turn(rt: Runtime, turn: TurnRecord, context: Context, fence: int) 
         else:
             await _finished(rt, turn, outcome, status, after, outbox)
             return claimed
+    if isinstance(outcome, Paused):
+        return await _pause(rt, turn, fence, outcome, outbox, next_max)
     status, claimed = await rt.turns.fail(
         turn, fence, outcome.code, outcome.error, items=outcome.items, usage=outcome.usage,
         agent=outcome.agent, entry=turn.entry_agent or rt.registry.default, max_lost=next_max,
@@ -172,6 +174,32 @@ async def _finished(
         metrics.TRIMS.inc()
     if after > rt.policy.trigger_tokens or done.trimmed:
         await request_compaction(rt, turn.session_id)
+
+
+async def _pause(
+    rt: Runtime, turn: TurnRecord, fence: int, paused: Paused, outbox: Outbox, next_max: int | None
+) -> Claim:
+    """Commit the pause (the turn waits, holding no lock and no slot) and tell watchers what
+    needs a decision; the claim that comes back finds the line held by this turn."""
+    status, claimed = await rt.turns.pause(
+        turn, fence, state=paused.state, approvals=paused.approvals,
+        pending_items=paused.pending_items, finished_items=paused.finished_items,
+        usage=paused.usage, agent=paused.agent,
+        entry=turn.entry_agent or rt.registry.default, max_lost=next_max,
+    )  # fmt: skip
+    if status is TurnStatus.WAITING:
+        metrics.APPROVALS_REQUESTED.inc(len(paused.approvals))
+        for asked in paused.approvals:
+            outbox.add({"type": "approval_required", **asked})
+        log.info(
+            "turn waits for approvals",
+            extra={"turn_id": turn.id, "session_id": turn.session_id,
+                   "tools": [a["tool"] for a in paused.approvals]},
+        )  # fmt: skip
+    outbox.add({"type": "status", "status": status.value, "agent": paused.agent})
+    await outbox.flushed()
+    metrics.TURNS.labels(status=status.value).inc()
+    return claimed
 
 
 async def _announce_lost(rt: Runtime, turn_id: str) -> None:

@@ -10,6 +10,7 @@ the key is malformed, unknown, wrong or revoked.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -50,6 +51,24 @@ async def authenticate_request(request: Request) -> str:
     cached = getattr(request.state, "user_id", None)
     if isinstance(cached, str):
         return cached
+    return (await authenticate_caller(request)).user
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    scopes: frozenset[str]
+
+    @property
+    def approver(self) -> bool:
+        return "approver" in self.scopes
+
+
+async def authenticate_caller(request: Request) -> Caller:
+    """The caller's user and scopes; raises a 401 or 429 problem.  Cached on the request."""
+    cached = getattr(request.state, "caller", None)
+    if isinstance(cached, Caller):
+        return cached
     key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
     if key is None:
         raise unauthorized(
@@ -57,9 +76,10 @@ async def authenticate_request(request: Request) -> str:
             invalid=False,
         )
     gw = gateway_of(request)
-    user = await gw.keys.authenticate(key) if len(key) <= MAX_KEY_CHARS else None
-    if user is None:
+    found = await gw.keys.caller(key) if len(key) <= MAX_KEY_CHARS else None
+    if found is None:
         raise unauthorized("the API key is not valid (unknown, malformed or revoked)", invalid=True)
+    user, scopes = found
     decision = await gw.limiter.hit(user)
     if not decision.allowed:
         metrics.RATE_LIMITED.inc()
@@ -71,8 +91,10 @@ async def authenticate_request(request: Request) -> str:
             f"exceeded; retry after {decision.retry_after_s} s",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
+    caller = Caller(user, scopes)
     request.state.user_id = user
-    return user
+    request.state.caller = caller
+    return caller
 
 
 async def current_user(
@@ -84,4 +106,13 @@ async def current_user(
     return await authenticate_request(request)
 
 
+async def current_caller(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    _api_key: Annotated[str | None, Security(api_key_header)],
+) -> Caller:
+    return await authenticate_caller(request)
+
+
 CurrentUser = Annotated[str, Depends(current_user)]
+CurrentCaller = Annotated[Caller, Depends(current_caller)]

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -78,12 +79,21 @@ def prefix_of(key_or_prefix: str) -> str:
 
 
 # --------------------------------------------------------------------------- async (gateway)
+SCOPES = frozenset({"approver"})  # approver: list and decide every user's pending approvals
+
+
 class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
     async def authenticate(self, key: str) -> str | None:
         """The key's user id, or None for a malformed, unknown, wrong or revoked key."""
+        found = await self.caller(key)
+        return found[0] if found is not None else None
+
+    async def caller(self, key: str) -> tuple[str, frozenset[str]] | None:
+        """The key's (user id, scopes), or None for a malformed, unknown, wrong or revoked
+        key."""
         parsed = parse(key)
         if parsed is None:
             # Malformed: nothing to look up.  Still hash once so no path is much cheaper.
@@ -93,7 +103,10 @@ class KeyStore:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    text("SELECT user_id, secret_hash, revoked_at FROM api_keys WHERE id = :p"),
+                    text(
+                        "SELECT user_id, secret_hash, revoked_at, scopes FROM api_keys "
+                        "WHERE id = :p"
+                    ),
                     {"p": prefix},
                 )
             ).first()
@@ -101,7 +114,7 @@ class KeyStore:
         ok = verify(prefix, secret, stored)
         if row is None or not ok or row[2] is not None:
             return None
-        return str(row[0])
+        return str(row[0]), frozenset(row[3] or ())
 
 
 # --------------------------------------------------------------------------- sync (CLI, dev)
@@ -113,9 +126,17 @@ def _engine(database_url: str) -> Engine:
     return create_sync_engine(url, poolclass=NullPool)
 
 
-def create_key(database_url: str, user_id: str, name: str | None = None) -> str:
-    """Create an API key for ``user_id`` and return it; it cannot be shown again."""
+def create_key(
+    database_url: str, user_id: str, name: str | None = None, scopes: Sequence[str] = ()
+) -> str:
+    """Create an API key for ``user_id`` and return it; it cannot be shown again.
+
+    ``scopes``: ``approver`` lets the key list and decide every user's pending approvals
+    of the deployment (a support desk), and nothing else of theirs."""
     check_id("user_id", user_id, get_settings().max_id_length)
+    unknown = sorted(set(scopes) - SCOPES)
+    if unknown:
+        raise InvalidInput("scope", f"unknown scope(s) {unknown}; known: {sorted(SCOPES)}")
     if name is not None and (len(name) > 200 or "\x00" in name):
         raise InvalidInput("name", "must be at most 200 characters, without NUL")
     key, prefix, hashed = generate()
@@ -124,9 +145,10 @@ def create_key(database_url: str, user_id: str, name: str | None = None) -> str:
         with engine.begin() as conn:
             conn.execute(
                 text(
-                    "INSERT INTO api_keys (id, user_id, secret_hash, name) VALUES (:id, :u, :h, :n)"
+                    "INSERT INTO api_keys (id, user_id, secret_hash, name, scopes) "
+                    "VALUES (:id, :u, :h, :n, :s)"
                 ),
-                {"id": prefix, "u": user_id, "h": hashed, "n": name},
+                {"id": prefix, "u": user_id, "h": hashed, "n": name, "s": sorted(set(scopes))},
             )
     finally:
         engine.dispose()

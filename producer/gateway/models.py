@@ -65,6 +65,54 @@ class TurnCreate(BaseModel):
     )
 
 
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(min_length=1, max_length=256, description="the tool call's call_id")
+    approve: bool = Field(description="true: the tool runs; false: it does not")
+    message: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="on a rejection, what the model is told (it sees it as the call's output)",
+    )
+
+
+class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decisions: list[Decision] = Field(min_length=1, max_length=64)
+
+
+class DecisionResult(BaseModel):
+    turn: TurnView
+    decisions: list[str] = Field(description="approved / rejected, one per decision sent")
+    resumed: bool = Field(description="no call is left pending: the turn runs again")
+
+
+class ApprovalView(BaseModel):
+    turn_id: str
+    call_id: str
+    user_id: str
+    session_id: str
+    tool: str
+    arguments: str = Field(description="the call's arguments (JSON, as the model sent them)")
+    agent: str | None
+    requested_at: datetime
+    message_text: str = Field(description="what the user asked in that turn")
+    turn_status: TurnStatus
+    decision: str | None = Field(
+        description="approved, rejected, expired, cancelled; null: pending"
+    )
+    message: str | None
+    decided_by: str | None
+    decided_at: datetime | None
+
+
+class ApprovalPage(BaseModel):
+    approvals: list[ApprovalView]
+    next_cursor: str | None
+
+
 class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,6 +145,11 @@ class TurnView(BaseModel):
         default=None, description="the message's content parts (input is their text)"
     )
     metadata: dict[str, Any] | None = Field(default=None, description="what you sent")
+    pending_items: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="a waiting turn's work so far; the tool calls that wait for a decision "
+        'carry "approval": "pending" (decide with POST /v1/turns/{id}/approvals)',
+    )
     error: str | None = Field(description="why it failed or was cancelled, for people")
     error_code: ErrorCode | None = Field(
         description="why it failed, for programs: a closed set (see docs/http-api.md)"
@@ -126,6 +179,7 @@ class TurnView(BaseModel):
             output_json=t.output_json,
             content=t.content,
             metadata=t.metadata,
+            pending_items=t.pending_items,
             error=t.error,
             error_code=t.error_code,
             usage=t.usage,

@@ -28,6 +28,9 @@ from starlette.responses import Response
 
 from shared.errors import (
     AgentConflict,
+    ApprovalConflict,
+    ApprovalNotFound,
+    ApprovalNotPending,
     ContentTooLarge,
     IdempotencyConflict,
     InvalidInput,
@@ -195,6 +198,12 @@ def from_turnq_error(exc: TurnqError) -> ApiProblem:
             f"{exc}; use a new key for a new message",
             turn_id=exc.turn_id,
         )
+    if isinstance(exc, ApprovalConflict | ApprovalNotPending):
+        status = exc.recorded if isinstance(exc, ApprovalConflict) else exc.status
+        title = "Already decided" if isinstance(exc, ApprovalConflict) else "Not pending"
+        return ApiProblem(409, exc.code, title, str(exc), turn_id=exc.turn_id, turn_status=status)
+    if isinstance(exc, ApprovalNotFound):
+        return ApiProblem(404, exc.code, "Approval not found", str(exc))
     if isinstance(exc, AgentConflict):
         return ApiProblem(
             409,

@@ -9,18 +9,22 @@ import base64
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from producer.gateway import sse
-from producer.gateway.auth import CurrentUser
+from producer.gateway.auth import CurrentCaller, CurrentUser
 from producer.gateway.models import (
     ID_PATTERN,
     AgentInfo,
     AgentList,
+    ApprovalPage,
+    ApprovalView,
     CancelRequest,
+    DecisionRequest,
+    DecisionResult,
     ItemPage,
     ItemView,
     SessionDetail,
@@ -227,6 +231,55 @@ def build_router(settings: Settings) -> APIRouter:  # noqa: C901 - one closure p
         if turn.terminal:
             response.status_code = 200
         return TurnView.of(turn)
+
+    @router.post(
+        "/turns/{turn_id}/approvals",
+        response_model=DecisionResult,
+        responses=_problems(400, 404, 409, 415, 422),
+        summary="Approve or reject the tool calls a waiting turn asked about",
+        tags=["approvals"],
+    )
+    async def decide(
+        request: Request,
+        turn_id: TurnId,
+        caller: CurrentCaller,
+        body: Annotated[DecisionRequest, Body()],
+    ) -> DecisionResult:
+        """Each decision is recorded once: the same again answers 200 with the same result,
+        the other one 409 ``approval_conflict``.  All or none.  The session's owner, or an
+        approver key (any user's).  Once nothing is pending the turn runs again."""
+        decided = await gateway_of(request).client.decide(
+            str(turn_id), caller.user,
+            [(d.call_id, d.approve, d.message) for d in body.decisions],
+            approver=caller.approver,
+        )  # fmt: skip
+        return DecisionResult(
+            turn=TurnView.of(decided.turn), decisions=decided.decisions, resumed=decided.resumed
+        )
+
+    @router.get(
+        "/approvals",
+        response_model=ApprovalPage,
+        responses=_problems(422),
+        summary="Approvals: yours, or every user's for an approver key (oldest first)",
+        tags=["approvals"],
+    )
+    async def list_approvals(
+        request: Request,
+        caller: CurrentCaller,
+        status: Annotated[Literal["pending", "all"], Query()] = "pending",
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[
+            str | None, Query(max_length=512, description="next_cursor of the previous page")
+        ] = None,
+    ) -> ApprovalPage:
+        rows, next_cursor = await gateway_of(request).client.approvals(
+            caller.user, pending_only=status == "pending", approver=caller.approver,
+            limit=limit, cursor=cursor,
+        )  # fmt: skip
+        return ApprovalPage(
+            approvals=[ApprovalView.model_validate(r) for r in rows], next_cursor=next_cursor
+        )
 
     @router.get(
         "/agents",

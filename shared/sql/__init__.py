@@ -36,6 +36,7 @@ HERE = Path(__file__).parent
 FILES = (
     "turn_json.sql",
     "hold.sql",
+    "usage_delta.sql",
     "append.sql",
     "take.sql",
     "claim.sql",
@@ -44,6 +45,9 @@ FILES = (
     "left.sql",
     "cancel.sql",
     "stop_pending.sql",
+    "pause.sql",
+    "decide.sql",
+    "expire.sql",
 )
 
 FENCED_SQLSTATE = "TQ001"  # the caller's fence is stale: another worker owns the session

@@ -1,7 +1,8 @@
 -- turnq_cancel(turn, user, namespace, mode) -> (outcome, turn jsonb); no row: not found
 --
 -- A user's cancel request, decided under the turn's row lock:
---   cancelled   queued or waiting: cancelled now (cancel), by this call
+--   cancelled   queued or waiting: cancelled now (cancel), by this call; a waiting
+--               turn's pending approvals are closed (``cancelled``)
 --   requested   running: ``cancel_mode`` recorded; its holder stops at the next safe
 --               point and commits it ``cancelled`` (turnq_complete / turnq_fail)
 --   already     it was cancelled before
@@ -36,6 +37,9 @@ BEGIN
             cancel_requested_at = now()
         WHERE t.id = p_tid AND t.status IN {{from:cancel}};
         v_outcome := CASE WHEN FOUND THEN 'cancelled' ELSE 'lost_race' END;
+        UPDATE approvals a SET decision = 'cancelled', decided_by = 'turnq:cancel',
+            decided_at = now()
+        WHERE a.turn_id = p_tid AND a.decision IS NULL;
     END IF;
     RETURN QUERY
     SELECT v_outcome, turnq_turn_json(t, s)

@@ -23,10 +23,12 @@ LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
     v_mode text;
+    v_old jsonb;
     v_after integer;
     v_status text;
 BEGIN
     v_mode := turnq_hold(p_sid, p_fence, p_tid);
+    SELECT t.usage INTO v_old FROM turns t WHERE t.id = p_tid;
     IF v_mode = 'rollback' THEN
         p_items := '[]'::jsonb;
         p_tokens := '{}';
@@ -34,17 +36,18 @@ BEGIN
         p_output := NULL;
         p_output_json := NULL;
     END IF;
-    v_after := turnq_append(p_sid, p_tid, p_items, p_tokens, p_ctx, p_usage, p_entry,
+    v_after := turnq_append(p_sid, p_tid, p_items, p_tokens, p_ctx,
+        turnq_usage_delta(p_usage, v_old), p_entry,
         CASE WHEN v_mode = 'rollback' THEN NULL ELSE p_agent END);
     IF v_mode IS NULL THEN
         UPDATE turns t SET status = {{to:succeed}}, output = p_output, usage = p_usage,
-            output_json = p_output_json, agent = p_agent,
+            output_json = p_output_json, agent = p_agent, run_state = NULL, pending_items = NULL,
             context_tokens = p_ctx, finished_at = now()
         WHERE t.id = p_tid AND t.status IN {{from:succeed}}
         RETURNING t.status INTO v_status;
     ELSE
         UPDATE turns t SET status = {{to:stop}}, output = p_output, usage = p_usage,
-            output_json = p_output_json, agent = p_agent,
+            output_json = p_output_json, agent = p_agent, run_state = NULL, pending_items = NULL,
             context_tokens = p_ctx, finished_at = now(),
             error = 'cancelled (' || v_mode || ')'
         WHERE t.id = p_tid AND t.status IN {{from:stop}}

@@ -20,22 +20,26 @@ LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
     v_mode text;
+    v_old jsonb;
     v_status text;
 BEGIN
     v_mode := turnq_hold(p_sid, p_fence, p_tid);
+    SELECT t.usage INTO v_old FROM turns t WHERE t.id = p_tid;
     IF v_mode = 'rollback' THEN
         p_items := '[]'::jsonb;
         p_tokens := '{}';
     END IF;
-    PERFORM turnq_append(p_sid, p_tid, p_items, p_tokens, NULL, p_usage, p_entry, NULL);
+    PERFORM turnq_append(p_sid, p_tid, p_items, p_tokens, NULL,
+        turnq_usage_delta(p_usage, v_old), p_entry, NULL);
     IF v_mode IS NULL THEN
         UPDATE turns t SET status = {{to:fail}}, error_code = p_code, error = p_error,
-            usage = p_usage, agent = p_agent, finished_at = now()
+            usage = p_usage, agent = p_agent, run_state = NULL, pending_items = NULL,
+            finished_at = now()
         WHERE t.id = p_tid AND t.status IN {{from:fail}}
         RETURNING t.status INTO v_status;
     ELSE
         UPDATE turns t SET status = {{to:stop}}, usage = p_usage, agent = p_agent,
-            finished_at = now(),
+            run_state = NULL, pending_items = NULL, finished_at = now(),
             error = 'cancelled (' || v_mode || ')'
         WHERE t.id = p_tid AND t.status IN {{from:stop}}
         RETURNING t.status INTO v_status;

@@ -11,6 +11,9 @@
 --   that keeps killing its workers), else it is taken over under the new fence.
 -- * waiting (paused for a human): nothing runs; later turns wait behind it (FIFO).
 --
+-- A turn resumed after its approvals were decided comes with its saved run state and the
+-- decisions (``turn.run_state``, ``turn.decisions``): the worker goes on from there.
+--
 -- Every move is a guarded UPDATE; one that matches nothing lost a race (a cancel
 -- committed meanwhile) and the loop looks again.  ``max_lost`` NULL claims nothing.
 -- Returns the fence, the turns given up on, the claimed turn (jsonb) and its context.
@@ -66,7 +69,15 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT p_fence, v_gave_up,
-        CASE WHEN t.id IS NULL THEN NULL ELSE turnq_turn_json(t, s) END,
+        CASE WHEN t.id IS NULL THEN NULL
+             WHEN t.run_state IS NULL THEN turnq_turn_json(t, s)
+             ELSE turnq_turn_json(t, s) || jsonb_build_object(
+                 'run_state', t.run_state,
+                 'decisions', (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                                   'call_id', a.call_id, 'decision', a.decision,
+                                   'message', a.message)), '[]'::jsonb)
+                               FROM approvals a WHERE a.turn_id = t.id))
+        END,
         s.summary, s.compaction_mark, s.summary_items,
         CASE WHEN t.id IS NULL THEN NULL ELSE (
             SELECT COALESCE(jsonb_agg(i.item ORDER BY i.position), '[]'::jsonb)

@@ -10,6 +10,7 @@ each other's sessions (their agents and queues differ).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from sqlalchemy import text
@@ -49,6 +50,19 @@ class MaintenanceStore:
                 )
             ).all()
         return [r[0] for r in rows]
+
+    async def expire_approvals(
+        self, ttl_s: float, ttl_by_agent: dict[str, float], limit: int
+    ) -> tuple[int, list[str]]:
+        """Reject approvals nobody decided in time (turnq_expire_approvals); returns how many
+        expired and the sessions whose turn resumed (to kick)."""
+        rows = await self.db.call_all(
+            "SELECT * FROM turnq_expire_approvals(:ns, :ttl, CAST(:ttls AS jsonb), :limit)",
+            {"ns": self.db.namespace, "ttl": ttl_s, "ttls": json.dumps(ttl_by_agent),
+             "limit": limit},
+        )  # fmt: skip
+        expired = max((int(r["expired"]) for r in rows), default=0)
+        return expired, [r["session_id"] for r in rows]
 
     async def mark_kicked(self, session_ids: Sequence[str]) -> None:
         if not session_ids:

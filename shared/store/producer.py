@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.errors import (
     AgentConflict,
+    ApprovalConflict,
+    ApprovalNotFound,
+    ApprovalNotPending,
     IdempotencyConflict,
     InvalidInput,
     SessionBusy,
@@ -85,6 +89,24 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, sid = json.loads(raw)  # short, so never deep enough for a RecursionError
         return datetime.fromisoformat(stamp), str(uuid.UUID(str(sid)))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("cursor", "is not a cursor this API returned") from exc
+
+
+def _encode_approval_cursor(stamp: datetime, turn_id: str, call_id: str) -> str:
+    raw = json.dumps([stamp.isoformat(), turn_id, call_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_approval_cursor(cursor: str) -> tuple[datetime, str, str]:
+    try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, tid, cid = json.loads(raw)
+        if not isinstance(cid, str) or len(cid) > 512:
+            raise ValueError("call id")
+        return datetime.fromisoformat(stamp), str(uuid.UUID(str(tid))), cid
     except (ValueError, TypeError) as exc:
         raise InvalidInput("cursor", "is not a cursor this API returned") from exc
 
@@ -267,6 +289,90 @@ class ProducerStore:
                 )
             ).one()
         return {k: int(v) for k, v in row._mapping.items()}
+
+    async def decide(
+        self,
+        turn_id: str,
+        decisions: Sequence[tuple[str, bool, str | None]],
+        by: str,
+        owner: str | None,
+    ) -> tuple[TurnRecord, list[dict[str, Any]], bool]:
+        """Record decisions (call id, approve, message) on a waiting turn's tool calls, all
+        or none, in one transaction (turnq_decide: each exactly once).  ``owner`` None: an
+        approver key.  Returns the turn, each call's recorded decision and outcome
+        (``recorded`` or ``same``), and whether the turn was queued again (kick it)."""
+        results: list[dict[str, Any]] = []
+        resumed = False
+        turn: TurnRecord | None = None
+        async with self.db.engine.begin() as conn:
+            for call_id, approve, message in decisions:
+                row = (
+                    await conn.execute(
+                        text("SELECT * FROM turnq_decide(:t, :c, :a, :m, :by, :owner, :ns)"),
+                        {"t": turn_id, "c": call_id, "a": approve, "m": message, "by": by,
+                         "owner": owner, "ns": self.db.namespace},
+                    )
+                ).first()  # fmt: skip
+                if row is None:
+                    raise TurnNotFound(turn_id)
+                outcome = row._mapping["outcome"]
+                turn = turn_of(row._mapping["turn"])
+                wanted = "approved" if approve else "rejected"
+                if outcome == "unknown_call":
+                    raise ApprovalNotFound(turn_id, call_id)
+                if outcome == "conflict":
+                    other = "rejected" if approve else "approved"
+                    raise ApprovalConflict(turn_id, call_id, other)
+                if outcome == "not_pending":
+                    raise ApprovalNotPending(turn_id, call_id, turn.status.value)
+                resumed = resumed or bool(row._mapping["resumed"])
+                results.append(
+                    {"call_id": call_id, "decision": wanted, "outcome": outcome,
+                     "waited_s": row._mapping["waited_s"]}
+                )  # fmt: skip
+        assert turn is not None
+        return turn, results, resumed
+
+    async def approvals(
+        self, owner: str | None, pending_only: bool, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Approvals, oldest request first: the owner's (``owner``), or every user's of the
+        namespace (``owner`` None: an approver key).  Each with its session, tool,
+        arguments, the turn's message (what the user asked) and the decision, if any."""
+        where = ["a.namespace = :ns"]
+        params: dict[str, Any] = {"ns": self.db.namespace, "limit": limit + 1}
+        if owner is not None:
+            where.append("a.user_id = :owner")
+            params["owner"] = owner
+        if pending_only:
+            where.append("a.decision IS NULL")
+        if cursor:
+            stamp, turn_id, call_id = _decode_approval_cursor(cursor)
+            where.append(
+                "(a.requested_at, a.turn_id, a.call_id) > (:stamp, CAST(:tid AS uuid), :cid)"
+            )
+            params.update(stamp=stamp, tid=turn_id, cid=call_id)
+        sql = (
+            "SELECT a.turn_id::text AS turn_id, a.call_id, a.user_id, s.key AS session_id, "
+            "a.tool, a.arguments, a.agent, a.requested_at, a.decision, a.message, "
+            "a.decided_by, a.decided_at, t.input AS message_text, t.status AS turn_status "
+            "FROM approvals a JOIN turns t ON t.id = a.turn_id "
+            "JOIN sessions s ON s.id = a.session_id "
+            f"WHERE {' AND '.join(where)} "
+            "ORDER BY a.requested_at, a.turn_id, a.call_id LIMIT :limit"
+        )
+        async with self.db.autocommit() as conn:
+            rows = [dict(r._mapping) for r in (await conn.execute(text(sql), params)).all()]
+        page = rows[:limit]
+        more = len(rows) > limit and page
+        nxt = (
+            _encode_approval_cursor(
+                page[-1]["requested_at"], page[-1]["turn_id"], page[-1]["call_id"]
+            )
+            if more
+            else None
+        )
+        return page, nxt
 
     async def delete_session(self, session_id: str) -> None:
         async with self.db.engine.begin() as conn:

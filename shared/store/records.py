@@ -48,6 +48,9 @@ class TurnRecord:
     output_json: Any = None  # a structured final output
     entry_agent: str | None = None  # the session's
     active_agent: str | None = None  # the session's, when the turn was read
+    pending_items: list[Item] | None = None  # a waiting turn's work so far (pending calls)
+    run_state: dict[str, Any] | None = None  # a resumed turn's saved run (worker claims only)
+    decisions: list[dict[str, Any]] | None = None  # and the decisions on its pending calls
 
     @property
     def terminal(self) -> bool:
@@ -110,7 +113,8 @@ TURN_COLUMNS = """
     t.id::text AS id, t.session_id::text AS session_id, t.seq, t.status, t.input, t.output,
     t.error, t.error_code, t.attempts, t.usage, t.context_tokens, t.idempotency_key,
     t.queued_at, t.started_at, t.finished_at, s.user_id, s.key AS session_key,
-    t.agent, t.metadata, t.content, t.output_json, s.entry_agent, s.active_agent
+    t.agent, t.metadata, t.content, t.output_json, s.entry_agent, s.active_agent,
+    t.pending_items
 """
 
 
@@ -150,6 +154,9 @@ def turn_of(row: Any) -> TurnRecord:
         output_json=m.get("output_json"),
         entry_agent=m.get("entry_agent"),
         active_agent=m.get("active_agent"),
+        pending_items=m.get("pending_items"),
+        run_state=m.get("run_state"),
+        decisions=m.get("decisions"),
     )
 
 

@@ -137,6 +137,46 @@ class WorkerStore:
             raise Fenced(f"session {turn.session_id} is gone")
         return TurnStatus(row["final_status"]), claim_of(row)
 
+    async def pause(
+        self,
+        turn: TurnRecord,
+        fence: int,
+        *,
+        state: dict[str, Any],
+        approvals: Sequence[dict[str, Any]],
+        pending_items: Sequence[Item],
+        finished_items: Sequence[Item],
+        usage: dict[str, Any] | None,
+        agent: str | None,
+        entry: str | None,
+        max_lost: int | None,
+    ) -> tuple[TurnStatus, Claim]:
+        """The run waits for approvals: the turn becomes ``waiting`` with its run state and
+        one approval row per pending call (or ``cancelled`` if a cancel came first, keeping
+        ``finished_items`` under interrupt); claims the next turn, which a waiting turn
+        holds back."""
+        row = await self.db.call(
+            "SELECT * FROM turnq_pause(:sid, :fence, :tid, CAST(:state AS jsonb), "
+            "CAST(:approvals AS jsonb), CAST(:pending AS jsonb), CAST(:items AS jsonb), "
+            ":tokens, CAST(:usage AS jsonb), :agent, :entry, :max)",
+            {
+                "sid": turn.session_id,
+                "fence": fence,
+                "tid": turn.id,
+                "state": _json(state),
+                "approvals": _json(list(approvals)),
+                "pending": _json(list(pending_items)),
+                **_items(finished_items),
+                "usage": _json(usage),
+                "agent": agent,
+                "entry": entry,
+                "max": max_lost,
+            },
+        )
+        if row is None:
+            raise Fenced(f"session {turn.session_id} is gone")
+        return TurnStatus(row["final_status"]), claim_of(row)
+
     async def left(self, session_id: str, turn_id: str, fence: int) -> None:
         """This holder stopped running the turn while alive: not a vanished execution."""
         await self.db.call(

@@ -213,6 +213,8 @@ def test_openapi_documents_auth_and_problems_for_every_route() -> None:
         "/v1/sessions/{session_id}/items",
         "/v1/agents",
         "/v1/usage",
+        "/v1/turns/{turn_id}/approvals",
+        "/v1/approvals",
         "/healthz",
         "/metrics",
     }
