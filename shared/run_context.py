@@ -11,7 +11,9 @@ A deployment may build its own context from it (``TURNQ_CONTEXT_FACTORY``, see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -27,5 +29,35 @@ class TurnContext:
 
     def idempotency_key(self, call_id: str) -> str:
         """A stable key for one tool call, the same on every attempt of this turn: pass it
-        to the systems a tool calls (payment APIs take one)."""
-        return f"{self.turn_id}:{call_id}"
+        to the systems a tool calls (payment APIs take one).  In a tool:
+        ``ctx.context.idempotency_key(ctx.tool_call_id)``."""
+        return idempotency_key(self.turn_id, call_id)
+
+
+def idempotency_key(turn_id: str, call_id: str) -> str:
+    return f"{turn_id}:{call_id}"
+
+
+IDEMPOTENT_ATTR = "turnq_idempotent"
+
+
+def non_idempotent(tool: T) -> T:
+    """Mark a tool whose effect must never happen twice (a payment, an email).
+
+        @non_idempotent
+        @function_tool
+        def refund(ctx: RunContextWrapper[TurnContext], order: str) -> str: ...
+
+    turnq journals the call before it runs; if its worker dies before the outcome is
+    recorded, the call is not run again: the model is told the outcome is unknown (or a
+    person decides, with ``TURNQ_UNKNOWN_OUTCOME=ask_human``).  Tools that need approval
+    are non-idempotent unless marked ``idempotent``; other tools are idempotent.
+    """
+    setattr(tool, IDEMPOTENT_ATTR, False)
+    return tool
+
+
+def idempotent(tool: T) -> T:
+    """Mark a tool safe to run again after a crash (its default unless it needs approval)."""
+    setattr(tool, IDEMPOTENT_ATTR, True)
+    return tool

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -234,4 +235,25 @@ items = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("session_id", "position", name="items_pkey"),
     Index("items_turn", "turn_id"),
+)
+
+# The step journal: each model response and tool outcome of a turn as it completes (I14).
+turn_steps = Table(
+    "turn_steps",
+    metadata,
+    Column(
+        "turn_id", UUID(as_uuid=False), ForeignKey("turns.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("kind", Text, nullable=False),  # model | tool
+    Column("key", Text, nullable=False),  # model: the call's index in the turn; tool: call id
+    Column("state", Text, nullable=False),  # started (non-idempotent tools) | done
+    Column("fence", BigInteger, nullable=False),  # the holder that wrote it
+    Column("payload", JSONB, nullable=True),  # model: output, usage; tool: output
+    Column("rolled_back", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("turn_id", "kind", "key", name="turn_steps_pkey"),
+    CheckConstraint("kind IN ('model', 'tool')", name="turn_steps_kind_valid"),
+    CheckConstraint("state IN ('started', 'done')", name="turn_steps_state_valid"),
+    Index("turn_steps_created", "created_at"),
 )

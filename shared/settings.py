@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # A tool call nobody approved or rejected within this is rejected ("approval timed out")
     # by beat, and the turn answers; per agent: TURNQ_APPROVAL_TTL_S in the agent's module.
     approval_ttl_s: float = Field(default=24 * 3600, gt=0)
+    # The step journal (I14): kept this long after a turn finished (audit), then removed.
+    journal_retention_s: float = Field(default=7 * 24 * 3600, ge=0)
+    # A non-idempotent tool that started but whose outcome is unknown after a crash is never
+    # run again: the model is told (tell_model), or a person decides to re-run it (ask_human).
+    unknown_outcome: Literal["tell_model", "ask_human"] = "tell_model"
     db_pool_size: int = Field(
         default=10,
         ge=1,

@@ -43,6 +43,15 @@ def approval_ttls(spec: str, default_s: float) -> tuple[float, dict[str, float]]
     )
 
 
+def non_idempotent_tools(spec: str) -> frozenset[str]:
+    """Tool names the agent's module lists in ``TURNQ_NON_IDEMPOTENT_TOOLS``."""
+    module = importlib.import_module(spec.partition(":")[0])
+    names = getattr(module, "TURNQ_NON_IDEMPOTENT_TOOLS", None) or ()
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise AgentSpecError(f"TURNQ_NON_IDEMPOTENT_TOOLS in {module.__name__} must list names")
+    return frozenset(names)
+
+
 def wrap_agent_models(registry: Registry, default_model: str) -> None:
     """Route every model call of every agent through turnq (``workers.models``).
 

@@ -39,11 +39,13 @@ from agents.items import ToolApprovalItem
 
 from shared import metrics
 from shared.compaction.turns import repair
+from shared.errors import Fenced
 from shared.run_context import TurnContext
 from shared.sdk_session import summary_item
 from shared.status import ErrorCode
 from shared.store import Context, TurnRecord
 from workers.context import CallBudget, updated_calibration
+from workers.journal import Journal, JournalUnavailable
 from workers.models import TurnScope, turn_scope
 from workers.retry import ModelCallFailed, RetryPolicy
 from workers.runtime import Runtime
@@ -137,7 +139,7 @@ USAGE_KEYS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "rea
 
 
 async def execute(
-    rt: Runtime, turn: TurnRecord, context: Context, outbox: Outbox
+    rt: Runtime, turn: TurnRecord, context: Context, outbox: Outbox, fence: int
 ) -> Finished | Paused | Failed:
     user_item: dict[str, Any] = {"role": "user", "content": turn.message}
     agent = starting_agent(rt, turn)
@@ -145,7 +147,10 @@ async def execute(
     model_input = build_model_input(context, user_item)
     budget = CallBudget(rt.policy, rt.estimator, rt.calibration)
     stop = rt.cancels.register(turn.id)
-    scope = TurnScope(RetryPolicy.from_settings(rt.settings), notify=outbox.add)
+    journal = Journal.of(rt, turn, fence)
+    if journal.replaying:  # run again after a crash: journaled steps replay, no new deltas
+        outbox.add({"type": "resumed", "journaled_steps": str(len(journal.steps))})
+    scope = TurnScope(RetryPolicy.from_settings(rt.settings), notify=outbox.add, journal=journal)
     started = time.perf_counter()
     deadline = asyncio.timeout(rt.settings.turn_timeout_s)
     try:
@@ -153,6 +158,7 @@ async def execute(
             run_input: Any = model_input
             if turn.run_state is not None:  # resumed after its approvals were decided
                 agent, run_input = await _resume(rt, turn, agent)
+                journal.model_calls = int(turn.run_state.get("model_calls", 0))
                 run_context = None  # the saved state's, overridden with this turn's
             else:
                 run_context = await _run_context(rt, turn, agent)
@@ -164,7 +170,7 @@ async def execute(
         answered = result.last_agent.name  # a weak reference in the SDK: keep the name
         done = [_jsonable(i.to_input_item()) for i in result.new_items if not _approval(i)]
         if result.interruptions:
-            return _paused(result, agent, user_item, done, hooks, started)
+            return _paused(result, agent, user_item, done, hooks, started, journal)
         new_items = repair([user_item, *done])
         output_json = _structured(result.final_output)
         usage = hooks.usage(trimmed=budget.trimmed, model_seconds=_since(started))
@@ -179,24 +185,57 @@ async def execute(
             context_tokens=_context_after(rt, budget, model_input, new_items, hooks.calls),
             trimmed=budget.trimmed,
         )
-    except StateUnreadable as exc:
-        return Failed(ErrorCode.STATE_UNREADABLE, str(exc), usage=turn.usage, agent=agent.name)
     except Exception as exc:
-        if isinstance(exc, TimeoutError) and deadline.expired():
-            code, error = (
-                ErrorCode.TIMEOUT,
-                f"the turn did not finish within {rt.settings.turn_timeout_s:g} s "
-                "(TURNQ_TURN_TIMEOUT_S)",
-            )
-        else:
-            code, error = classify(exc)
-        # A guardrail's verdict is part of the conversation: the user's message stays in
-        # the transcript (with no answer); any other failure leaves no trace.
-        kept = [user_item] if code is ErrorCode.GUARDRAIL else []
-        usage = hooks.usage(model_seconds=_since(started))
-        return Failed(code, error, items=kept, usage=usage, agent=hooks.agent)
+        if _infrastructure(exc):
+            raise  # not the turn's fault: the drain stops, the turn is run again elsewhere
+        return _failed(rt, exc, deadline.expired(), user_item, hooks, started, agent, turn)
     finally:
         rt.cancels.unregister(turn.id)
+
+
+def _failed(
+    rt: Runtime,
+    exc: Exception,
+    timed_out: bool,
+    user_item: dict[str, Any],
+    hooks: TurnHooks,
+    started: float,
+    agent: Agent[Any],
+    turn: TurnRecord,
+) -> Failed:
+    """How a run that raised ends: its error code and a true reason."""
+    if isinstance(exc, StateUnreadable):
+        return Failed(ErrorCode.STATE_UNREADABLE, str(exc), usage=turn.usage, agent=agent.name)
+    if isinstance(exc, TimeoutError) and timed_out:
+        code, error = (
+            ErrorCode.TIMEOUT,
+            f"the turn did not finish within {rt.settings.turn_timeout_s:g} s "
+            "(TURNQ_TURN_TIMEOUT_S)",
+        )
+    else:
+        code, error = classify(exc)
+    # A guardrail's verdict is part of the conversation: the user's message stays in
+    # the transcript (with no answer); any other failure leaves no trace.
+    kept = [user_item] if code is ErrorCode.GUARDRAIL else []
+    usage = hooks.usage(model_seconds=_since(started))
+    return Failed(code, error, items=kept, usage=usage, agent=hooks.agent)
+
+
+_INFRASTRUCTURE = (Fenced, JournalUnavailable)
+
+
+def _infrastructure(exc: BaseException) -> bool:
+    """A stale holder (Fenced) or Postgres failing under a journal write: anywhere in the
+    exception's chain, since the SDK may wrap what a tool raised.  (A tool's own database
+    errors are the agent's, ``agent_error``.)"""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _INFRASTRUCTURE):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def starting_agent(rt: Runtime, turn: TurnRecord) -> Agent[Any]:
@@ -319,6 +358,7 @@ def _paused(
     done: list[dict[str, Any]],
     hooks: TurnHooks,
     started: float,
+    journal: Journal,
 ) -> Paused:
     asked = [
         {
@@ -338,7 +378,7 @@ def _paused(
     ]
     state = result.to_state().to_json(context_serializer=lambda _context: {})
     return Paused(
-        state={"start": agent.name, "state": state},
+        state={"start": agent.name, "state": state, "model_calls": journal.model_calls},
         approvals=asked,
         pending_items=preview,
         finished_items=repair([user_item, *done]),

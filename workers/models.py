@@ -29,10 +29,19 @@ from typing import Any
 
 from agents import Model, ModelProvider, ModelResponse
 from agents.items import TResponseStreamEvent
-from openai.types.responses import Response, ResponseCompletedEvent, ResponseUsage
+from agents.usage import Usage
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseCreatedEvent,
+    ResponseOutputItem,
+    ResponseUsage,
+)
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+from pydantic import TypeAdapter
 
 from shared.models.offline import response_stream_events
+from workers.journal import Journal
 from workers.retry import BrokenResponse, ModelCallFailed, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ class TurnScope:
 
     policy: RetryPolicy
     notify: Callable[[dict[str, Any]], None] | None = None  # the turn's event outbox
+    journal: Journal | None = None  # the turn's step journal (workers/journal.py)
 
 
 _SCOPE: ContextVar[TurnScope] = ContextVar("turnq_turn_scope")
@@ -69,10 +79,34 @@ class TurnqModel(Model):
         self.streams: bool | None = None  # None: not known yet
 
     async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        return await _with_retries(lambda: self.inner.get_response(*args, **kwargs))
+        journal = current_scope().journal
+        key = journal.next_model_key() if journal is not None else ""
+        if journal is not None and (saved := journal.model(key)) is not None:
+            return replayed(journal, saved)
+        answer = await _with_retries(lambda: self.inner.get_response(*args, **kwargs))
+        if journal is not None:  # before its tools run
+            await journal.record("model", key, "done", journaled(answer))
+        return answer
 
     async def stream_response(
         self, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        scope = current_scope()
+        journal = scope.journal
+        key = journal.next_model_key() if journal is not None else ""
+        if journal is not None and (saved := journal.model(key)) is not None:
+            for event in replay_events(replayed(journal, saved)):
+                yield event  # no text: a client saw it live before the crash
+            return
+        async for event in self._live_stream(args, kwargs):
+            if journal is not None and isinstance(event, ResponseCompletedEvent):
+                # Journaled before the runner sees the completed response (its tools run
+                # only after it): a crash from here on replays this answer.
+                await journal.record("model", key, "done", journaled(_answer_of(event)))
+            yield event
+
+    async def _live_stream(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[TResponseStreamEvent]:
         scope = current_scope()
         attempt, waited, started = 0, 0.0, time.monotonic()
@@ -98,6 +132,8 @@ class TurnqModel(Model):
                 attempt += 1
                 delay = scope.policy.delay(attempt, exc, waited)
                 if delay is None:
+                    if isinstance(exc, ModelCallFailed):
+                        raise
                     raise scope.policy.failure(exc, attempt) from exc
                 _retrying(scope, attempt, exc, delay, sent, time.monotonic() - started)
                 await asyncio.sleep(delay)
@@ -163,8 +199,82 @@ def _retrying(
 
 def events_of(answer: ModelResponse) -> Iterator[TResponseStreamEvent]:
     """A whole answer as the Responses stream a streaming model would have sent."""
+    yield from response_stream_events(_response_of(answer))
+
+
+def replay_events(answer: ModelResponse) -> Iterator[TResponseStreamEvent]:
+    """A journaled answer as the runner needs it: created, then completed (no deltas)."""
+    response = _response_of(answer)
+    pending = response.model_copy(update={"output": [], "status": "in_progress", "usage": None})
+    yield ResponseCreatedEvent(type="response.created", response=pending, sequence_number=0)
+    yield ResponseCompletedEvent(type="response.completed", response=response, sequence_number=1)
+
+
+_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)  # type: ignore[arg-type]
+
+
+def journaled(answer: ModelResponse) -> dict[str, Any]:
+    """What the journal keeps of a model response: its items, usage and id."""
     u = answer.usage
-    response = Response(
+    return {
+        "output": [item.model_dump(mode="json", exclude_none=True) for item in answer.output],
+        "usage": {
+            "requests": u.requests,
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "total_tokens": u.total_tokens,
+            "cached_tokens": u.input_tokens_details.cached_tokens or 0,
+            "reasoning_tokens": u.output_tokens_details.reasoning_tokens or 0,
+        },
+        "response_id": answer.response_id,
+    }
+
+
+def replayed(journal: Journal, saved: dict[str, Any]) -> ModelResponse:
+    """A journaled response, exactly as the model gave it (same items and call ids)."""
+    output = [_OUTPUT_ITEM.validate_python(item) for item in saved["output"]]
+    journal.replayed_models += 1
+    journal.replayed_calls.update(
+        str(getattr(item, "call_id", "")) for item in output if getattr(item, "call_id", None)
+    )
+    u = saved.get("usage") or {}
+    usage = Usage(
+        requests=int(u.get("requests", 1)),
+        input_tokens=int(u.get("input_tokens", 0)),
+        output_tokens=int(u.get("output_tokens", 0)),
+        total_tokens=int(u.get("total_tokens", 0)),
+        input_tokens_details=InputTokensDetails(
+            cached_tokens=int(u.get("cached_tokens", 0)), cache_write_tokens=0
+        ),
+        output_tokens_details=OutputTokensDetails(
+            reasoning_tokens=int(u.get("reasoning_tokens", 0))
+        ),
+    )
+    return ModelResponse(output=output, usage=usage, response_id=saved.get("response_id"))
+
+
+def _answer_of(event: ResponseCompletedEvent) -> ModelResponse:
+    r = event.response
+    u = r.usage
+    usage = Usage(
+        requests=1,
+        input_tokens=u.input_tokens if u else 0,
+        output_tokens=u.output_tokens if u else 0,
+        total_tokens=u.total_tokens if u else 0,
+        input_tokens_details=InputTokensDetails(
+            cached_tokens=(u.input_tokens_details.cached_tokens or 0) if u else 0,
+            cache_write_tokens=0,
+        ),
+        output_tokens_details=OutputTokensDetails(
+            reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0) if u else 0
+        ),
+    )
+    return ModelResponse(output=list(r.output), usage=usage, response_id=r.id)
+
+
+def _response_of(answer: ModelResponse) -> Response:
+    u = answer.usage
+    return Response(
         id=answer.response_id or "resp_whole",
         created_at=0,
         model="whole",
@@ -187,7 +297,6 @@ def events_of(answer: ModelResponse) -> Iterator[TResponseStreamEvent]:
             total_tokens=u.total_tokens,
         ),
     )
-    yield from response_stream_events(response)
 
 
 class TurnqProvider(ModelProvider):

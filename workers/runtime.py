@@ -30,8 +30,14 @@ from shared.registry import Registry, registry_for
 from shared.settings import Settings, get_settings
 from shared.store import Database, MaintenanceStore, WorkerStore
 from shared.tokens import TokenEstimator, default_estimator
-from workers.agent import approval_ttls, load_context_overrides, wrap_agent_models
+from workers.agent import (
+    approval_ttls,
+    load_context_overrides,
+    non_idempotent_tools,
+    wrap_agent_models,
+)
 from workers.context import budget_filter
+from workers.journal import wrap_tools
 from workers.models import TurnqProvider
 from workers.streaming import CancelListener
 
@@ -148,6 +154,9 @@ def _build(settings: Settings) -> Runtime:
     db, redis = portal.run(_connect())
     registry = registry_for(settings.agent, settings.context_factory)
     wrap_agent_models(registry, settings.chat_model)  # every model call through turnq
+    wrap_tools(  # every tool call journaled (I14)
+        registry, non_idempotent_tools(settings.agent), settings.unknown_outcome == "ask_human"
+    )
     run_config = RunConfig(
         # Every model name (and every agent without a model, handoff targets included)
         # resolves through the deployment's provider: offline, a base URL, or OpenAI.

@@ -110,7 +110,7 @@ async def stream_run(
             if outbox.held is None and _guarded(result.current_agent, run_config):
                 outbox.hold()
             fields = describe(event)
-            if fields is not None:
+            if fields is not None and not _replayed(fields):
                 outbox.add(fields)
         passed = not stop.is_set()  # a stopped run's output may never have been checked
     finally:
@@ -123,6 +123,14 @@ async def stream_run(
             await watcher
         await outbox.flushed()
     return result
+
+
+def _replayed(fields: dict[str, str]) -> bool:
+    """A tool event of a step the journal replayed: clients saw it before the crash."""
+    from workers.models import current_scope
+
+    journal = current_scope().journal
+    return journal is not None and fields.get("call_id") in journal.replayed_calls
 
 
 def _guarded(agent: Agent[Any], run_config: RunConfig) -> bool:

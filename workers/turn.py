@@ -36,6 +36,7 @@ from shared.status import ErrorCode, TurnStatus
 from shared.store import Claim, Context, TurnRecord
 from workers.compact import request_compaction
 from workers.execute import Failed, Finished, Paused, execute
+from workers.journal import JournalUnavailable
 from workers.runtime import Runtime
 from workers.streaming import Outbox, publish
 
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 
 # Failures of the database itself (not of the turn): the turn stays running and the drain
 # fails, so Celery retries it and a new claim takes the turn over without counting it.
-_INFRASTRUCTURE = (OperationalError, InterfaceError, PoolTimeout, ConnectionError, OSError)
+_INFRASTRUCTURE = (
+    OperationalError, InterfaceError, PoolTimeout, ConnectionError, OSError, JournalUnavailable,
+)  # fmt: skip
 
 
 async def drain(rt: Runtime, session_id: str) -> int:
@@ -119,7 +122,7 @@ async def run_turn(rt: Runtime, turn: TurnRecord, context: Context, fence: int) 
     t0 = metrics.turn_started(turn)
     outbox = Outbox(rt, turn.id)  # sent while the model runs: the turn never waits for Redis
     outbox.add({"type": "status", "status": "running"})
-    outcome = await execute(rt, turn, context, outbox)
+    outcome = await execute(rt, turn, context, outbox, fence)
     metrics.TURN_RUN.observe(time.perf_counter() - t0)
     if isinstance(outcome, Finished):
         try:

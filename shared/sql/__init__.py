@@ -48,6 +48,8 @@ FILES = (
     "pause.sql",
     "decide.sql",
     "expire.sql",
+    "journal.sql",
+    "expire_journal.sql",
 )
 
 FENCED_SQLSTATE = "TQ001"  # the caller's fence is stale: another worker owns the session

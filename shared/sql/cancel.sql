@@ -40,6 +40,9 @@ BEGIN
         UPDATE approvals a SET decision = 'cancelled', decided_by = 'turnq:cancel',
             decided_at = now()
         WHERE a.turn_id = p_tid AND a.decision IS NULL;
+        IF p_mode = 'rollback' THEN
+            UPDATE turn_steps j SET rolled_back = true WHERE j.turn_id = p_tid;
+        END IF;
     END IF;
     RETURN QUERY
     SELECT v_outcome, turnq_turn_json(t, s)

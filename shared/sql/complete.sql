@@ -30,6 +30,7 @@ BEGIN
     v_mode := turnq_hold(p_sid, p_fence, p_tid);
     SELECT t.usage INTO v_old FROM turns t WHERE t.id = p_tid;
     IF v_mode = 'rollback' THEN
+        UPDATE turn_steps j SET rolled_back = true WHERE j.turn_id = p_tid;
         p_items := '[]'::jsonb;
         p_tokens := '{}';
         p_ctx := NULL;

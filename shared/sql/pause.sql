@@ -32,6 +32,7 @@ BEGIN
     SELECT t.usage INTO v_old FROM turns t WHERE t.id = p_tid;
     IF v_mode IS NOT NULL THEN
         IF v_mode = 'rollback' THEN
+        UPDATE turn_steps j SET rolled_back = true WHERE j.turn_id = p_tid;
             p_finished_items := '[]'::jsonb;
             p_tokens := '{}';
         END IF;

@@ -18,6 +18,12 @@ BEGIN
     FROM turns t
     WHERE a.turn_id = t.id AND t.session_id = p_sid AND t.status = {{status:cancelled}}
       AND a.decision IS NULL;
+    IF p_mode = 'rollback' THEN
+        UPDATE turn_steps j SET rolled_back = true
+        FROM turns t
+        WHERE j.turn_id = t.id AND t.session_id = p_sid AND t.seq < p_before
+          AND t.status = {{status:cancelled}} AND NOT j.rolled_back;
+    END IF;
     RETURN QUERY
     UPDATE turns t SET cancel_mode = COALESCE(t.cancel_mode, p_mode),
         cancel_requested_at = COALESCE(t.cancel_requested_at, now())

@@ -11,8 +11,10 @@
 --   that keeps killing its workers), else it is taken over under the new fence.
 -- * waiting (paused for a human): nothing runs; later turns wait behind it (FIFO).
 --
--- A turn resumed after its approvals were decided comes with its saved run state and the
--- decisions (``turn.run_state``, ``turn.decisions``): the worker goes on from there.
+-- A turn run again (a takeover after its holder vanished, or resumed after its approvals
+-- were decided) comes with its saved run state, the decisions and its step journal
+-- (``turn.run_state``, ``turn.decisions``, ``turn.journal``): the worker replays the
+-- journaled steps and goes on from there.  A first execution (attempts 1) has none.
 --
 -- Every move is a guarded UPDATE; one that matches nothing lost a race (a cancel
 -- committed meanwhile) and the loop looks again.  ``max_lost`` NULL claims nothing.
@@ -70,13 +72,17 @@ BEGIN
     RETURN QUERY
     SELECT p_fence, v_gave_up,
         CASE WHEN t.id IS NULL THEN NULL
-             WHEN t.run_state IS NULL THEN turnq_turn_json(t, s)
+             WHEN t.attempts <= 1 THEN turnq_turn_json(t, s)
              ELSE turnq_turn_json(t, s) || jsonb_build_object(
                  'run_state', t.run_state,
                  'decisions', (SELECT COALESCE(jsonb_agg(jsonb_build_object(
                                    'call_id', a.call_id, 'decision', a.decision,
                                    'message', a.message)), '[]'::jsonb)
-                               FROM approvals a WHERE a.turn_id = t.id))
+                               FROM approvals a WHERE a.turn_id = t.id),
+                 'journal', (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                                 'kind', j.kind, 'key', j.key, 'state', j.state,
+                                 'payload', j.payload)), '[]'::jsonb)
+                             FROM turn_steps j WHERE j.turn_id = t.id AND NOT j.rolled_back))
         END,
         s.summary, s.compaction_mark, s.summary_items,
         CASE WHEN t.id IS NULL THEN NULL ELSE (

@@ -64,6 +64,14 @@ class MaintenanceStore:
         expired = max((int(r["expired"]) for r in rows), default=0)
         return expired, [r["session_id"] for r in rows]
 
+    async def expire_journal(self, age_s: float, limit: int) -> int:
+        """Delete the step journal of turns finished over ``age_s`` ago (one bounded batch)."""
+        row = await self.db.call(
+            "SELECT turnq_expire_journal(:ns, :age, :limit) AS n",
+            {"ns": self.db.namespace, "age": age_s, "limit": limit},
+        )
+        return int(row["n"]) if row is not None else 0
+
     async def mark_kicked(self, session_ids: Sequence[str]) -> None:
         if not session_ids:
             return

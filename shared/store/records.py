@@ -51,6 +51,7 @@ class TurnRecord:
     pending_items: list[Item] | None = None  # a waiting turn's work so far (pending calls)
     run_state: dict[str, Any] | None = None  # a resumed turn's saved run (worker claims only)
     decisions: list[dict[str, Any]] | None = None  # and the decisions on its pending calls
+    journal: list[dict[str, Any]] | None = None  # a re-run turn's journaled steps (claims only)
 
     @property
     def terminal(self) -> bool:
@@ -157,6 +158,7 @@ def turn_of(row: Any) -> TurnRecord:
         pending_items=m.get("pending_items"),
         run_state=m.get("run_state"),
         decisions=m.get("decisions"),
+        journal=m.get("journal"),
     )
 
 

@@ -177,6 +177,24 @@ class WorkerStore:
             raise Fenced(f"session {turn.session_id} is gone")
         return TurnStatus(row["final_status"]), claim_of(row)
 
+    async def journal(
+        self,
+        session_id: str,
+        turn_id: str,
+        fence: int,
+        kind: str,
+        key: str,
+        state: str,
+        payload: Any,
+    ) -> None:
+        """One step of the running turn (turnq_journal): Fenced if the holder is stale."""
+        await self.db.call(
+            "SELECT turnq_journal(:sid, :fence, :tid, :kind, :key, :state, "
+            "CAST(:payload AS jsonb))",
+            {"sid": session_id, "fence": fence, "tid": turn_id, "kind": kind, "key": key,
+             "state": state, "payload": _json(payload)},
+        )  # fmt: skip
+
     async def left(self, session_id: str, turn_id: str, fence: int) -> None:
         """This holder stopped running the turn while alive: not a vanished execution."""
         await self.db.call(
