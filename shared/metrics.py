@@ -59,6 +59,10 @@ APPROVAL_DECISION_SECONDS = Histogram(
     "From a tool call asking for approval to its decision.",
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600),
 )
+JOURNAL_STEPS_EXPIRED = Counter(
+    "turnq_journal_steps_expired_total",
+    "Step journal rows of finished turns removed after TURNQ_JOURNAL_RETENTION_S.",
+)
 TURN_FAILURES = Counter(
     "turnq_turn_failures_total",
     "Failed turns by error code (shared.status.ErrorCode).",

@@ -41,6 +41,7 @@ async def reap(rt: Runtime) -> int:
         kicked = await _rekick_stale_turns(rt)
         kicked += await _expire_approvals(rt)
         await _request_overdue_compactions(rt)
+        await _expire_journal(rt)
     except Exception:
         metrics.BEAT_JOBS.labels(job="reap", outcome="failed").inc()
         raise
@@ -77,6 +78,14 @@ async def _expire_approvals(rt: Runtime) -> int:
     for sid in resumed:
         await rt.kick(keys.DRAIN_TASK, sid)
     return len(resumed)
+
+
+async def _expire_journal(rt: Runtime) -> None:
+    """Finished turns' step journals, past their audit retention, one bounded batch a pass."""
+    if rt.settings.journal_retention_s > 0:
+        removed = await rt.sweeps.expire_journal(rt.settings.journal_retention_s, BATCH)
+        if removed:
+            metrics.JOURNAL_STEPS_EXPIRED.inc(removed)
 
 
 async def _request_overdue_compactions(rt: Runtime) -> None:
