@@ -17,6 +17,13 @@ holder's fence is still the session's: after a Redis flush or restart nobody els
 took over, so the holder carries on; after the key expired under a paused holder,
 another worker may have, and then the stale holder stops at once instead of blocking
 the session until its fenced write fails (docs/decisions/0006).
+
+A holder takes a turn (its first claim, and the next claim that comes with each commit)
+only while ``still_held()``: Redis confirmed the lock less than ``ttl - heartbeat``
+ago, or confirms it now.  A worker that wakes from a pause past the TTL runs its overdue
+callbacks in any order; a commit that came before its heartbeat used to claim the next
+turn under an expired lock, and a new holder took that turn over at once (a re-run no
+fault explains; found by tests/chaos/test_attempts_under_faults.py).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -50,9 +58,16 @@ class SessionLock:
         self.ttl_ms = int(ttl_s * 1000)
         self.heartbeat_s = heartbeat_s or ttl_s / 3
         self.lost = False
+        # time.monotonic() when a command that Redis then confirmed (acquire, renew) was
+        # sent: the key lives at least ttl after it
+        self.confirmed_at = -float("inf")
 
     async def acquire(self) -> bool:
-        return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        sent = time.monotonic()
+        taken = bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        if taken:
+            self.confirmed_at = sent
+        return taken
 
     async def release(self) -> bool:
         try:
@@ -64,15 +79,34 @@ class SessionLock:
     async def renew(self, still_ours: Callable[[], Awaitable[bool]] | None = None) -> bool:
         """True while we hold the lock.  A vanished key is taken back only if
         ``still_ours()`` confirms nobody took the session over meanwhile."""
+        sent = time.monotonic()
         result = int(await self.redis.eval(RENEW, 1, self.key, self.token, str(self.ttl_ms)))
         if result != 2:
+            if result == 1:
+                self.confirmed_at = sent
             return result == 1
         if still_ours is None or not await still_ours():
             return False
+        sent = time.monotonic()
         taken = await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms)
         if taken:
+            self.confirmed_at = sent
             log.info("session lock key had vanished; taken back", extra={"lock": self.key})
         return bool(taken)
+
+    def fresh(self) -> bool:
+        """Redis confirmed the lock recently: it holds for a heartbeat interval more."""
+        return time.monotonic() < self.confirmed_at + self.ttl_ms / 1000 - self.heartbeat_s
+
+    async def still_held(self) -> bool:
+        """Safe to take a turn: the lock is fresh, or Redis confirms our token now (a
+        vanished key is not taken back here: the heartbeat decides that, with the fence)."""
+        if self.fresh():
+            return True
+        try:
+            return await self.renew()
+        except RedisError:
+            return False
 
     async def holder(self) -> str | None:
         value = await self.redis.get(self.key)

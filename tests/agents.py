@@ -1,7 +1,8 @@
 """Agents for tests, loaded by worker subprocesses through ``TURNQ_AGENT=tests.agents:NAME``.
 
 ``EchoModel`` answers ``echo: <last user message> [ctx=<items it saw>]`` after an
-optional delay, so tests can see exactly what context a turn ran with.  A message
+optional delay (fixed, or random in a range), so tests can see exactly what context a
+turn ran with.  A message
 containing ``FAIL-PERMANENT`` makes the model raise a non-retryable error.
 
 ``misbehaving`` fails in the way its message asks (``[loop]``, ``[slow]``, ``[kill]``, ...),
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -55,14 +57,18 @@ def _last_user_text(items: Any) -> str:
 
 
 class EchoModel(Model):
-    def __init__(self, latency_s: float = 0.0) -> None:
+    """``latency_s`` per call, plus a random ``0..jitter_s`` on top."""
+
+    def __init__(self, latency_s: float = 0.0, jitter_s: float = 0.0) -> None:
         self.latency_s = latency_s
+        self.jitter_s = jitter_s
 
     async def get_response(
         self, system_instructions: Any, input: Any, *args: Any, **kw: Any
     ) -> ModelResponse:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        delay = self.latency_s + (random.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         text = _last_user_text(input)
         if "FAIL-PERMANENT" in text:
             raise UserError("the test asked this turn to fail")
@@ -236,6 +242,15 @@ def misbehaving() -> Agent[Any]:
         input_guardrails=[no_forbidden_topics],
         output_guardrails=[no_secrets_out],
     )
+
+
+def jittery_echo() -> Agent[Any]:
+    """Latency random per call between TEST_MODEL_LATENCY_MIN_S and TEST_MODEL_LATENCY_MAX_S
+    (default 0-0.6 s): model calls of hundreds of ms that end at scattered moments, so a
+    fault lands mid-call on some sessions and between calls on others."""
+    low = float(os.environ.get("TEST_MODEL_LATENCY_MIN_S", "0"))
+    high = float(os.environ.get("TEST_MODEL_LATENCY_MAX_S", "0.6"))
+    return Agent(name="jittery-echo", model=EchoModel(low, max(0.0, high - low)))
 
 
 # --- summarizers for compaction tests (TURNQ_SUMMARIZER=tests.agents:NAME) -------------

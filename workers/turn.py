@@ -61,7 +61,8 @@ async def drain(rt: Runtime, session_id: str) -> int:
             log.debug("session busy; the holder drains it", extra={"session_id": session_id})
             return ran
         try:
-            ran += await _drain_locked(rt, session_id, lock)
+            if await lock.still_held():  # else stalled since acquiring: it may be another's
+                ran += await _drain_locked(rt, session_id, lock)
         finally:
             await lock.release()
         if lock.lost or not await rt.turns.claimable(session_id):
@@ -92,7 +93,7 @@ async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
                 if claimed.turn is None or claimed.context is None or lock.lost:
                     break
                 current = claimed.turn
-                claimed = await run_turn(rt, claimed.turn, claimed.context, fence)
+                claimed = await run_turn(rt, claimed.turn, claimed.context, fence, lock)
                 current = None
                 ran += 1
     except asyncio.CancelledError:
@@ -112,18 +113,23 @@ async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
     return ran
 
 
-async def run_turn(rt: Runtime, turn: TurnRecord, context: Context, fence: int) -> Claim | None:
+async def run_turn(
+    rt: Runtime, turn: TurnRecord, context: Context, fence: int, lock: SessionLock
+) -> Claim | None:
     """Run one claimed turn and commit how it ended; returns the session's next claim.
 
-    The commit and the next claim are one statement; a stopping worker claims nothing
-    more and hands the session on.
+    The commit and the next claim are one statement.  A stopping worker claims nothing
+    more and hands the session on; so does a holder whose lock Redis no longer confirms
+    (it woke from a pause past the TTL: the commit is still fenced, but the next turn may
+    already be another holder's).  The drain then releases and tries to lock again.
     """
-    next_max = None if rt.stopping else rt.settings.max_attempts
     t0 = metrics.turn_started(turn)
     outbox = Outbox(rt, turn.id)  # sent while the model runs: the turn never waits for Redis
     outbox.add({"type": "status", "status": "running"})
     outcome = await execute(rt, turn, context, outbox, fence)
     metrics.TURN_RUN.observe(time.perf_counter() - t0)
+    held = await lock.still_held()
+    next_max = None if rt.stopping or not held else rt.settings.max_attempts
     if isinstance(outcome, Finished):
         try:
             after, status, claimed = await rt.turns.complete(

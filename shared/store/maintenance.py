@@ -30,9 +30,21 @@ _STALE = render(
     """
 )
 
+# The mark never waits for a row a drain holds: a drain's commit locks its running turn,
+# then claims the next queued one, while a plain multi-row UPDATE here locked rows of many
+# sessions in scan order -- a queued turn first, then waiting for the running one: a
+# deadlock, one side aborted after deadlock_timeout.  An aborted drain left its turn to be
+# run again (an attempt no fault caused) and every drain behind those rows stalled.  A row
+# skipped here is being written by its holder right now; it stays stale and the next pass
+# looks at it again.
 _MARK = render(
-    "UPDATE turns SET last_kick_at = now() WHERE session_id = ANY(CAST(:ids AS uuid[])) "
-    "AND status IN {{in:runnable}}"
+    """
+    UPDATE turns t SET last_kick_at = now()
+    FROM (SELECT id FROM turns
+          WHERE session_id = ANY(CAST(:ids AS uuid[])) AND status IN {{in:runnable}}
+          FOR UPDATE SKIP LOCKED) free
+    WHERE t.id = free.id
+    """
 )
 
 
@@ -73,6 +85,8 @@ class MaintenanceStore:
         return int(row["n"]) if row is not None else 0
 
     async def mark_kicked(self, session_ids: Sequence[str]) -> None:
+        """Note the kick on the sessions' runnable turns; rows locked by a drain's
+        statement are skipped, never waited for (a wait here could deadlock with it)."""
         if not session_ids:
             return
         async with self.db.engine.begin() as conn:

@@ -140,6 +140,14 @@ class Load:
             message=f"the load did not reach {target} accepted turns",
         )
 
+    def wait_total(self, total: int, timeout: float = 120.0) -> None:
+        """Block until ``total`` turns have been accepted in all (a test's minimum volume)."""
+        wait_until(
+            lambda: self.accepted_count >= total or self.crash is not None,
+            timeout,
+            message=f"the load did not reach {total} accepted turns",
+        )
+
     def keep_going(self, seconds: float) -> None:
         """Let the load run (sleep, but fail fast if the generator died)."""
         deadline = time.monotonic() + seconds
@@ -356,6 +364,17 @@ def _read_items(database_url: str, user: str) -> dict[str, list[tuple[int, str |
     return out
 
 
+def running_turns(database_url: str, user: str) -> int:
+    """How many of the user's turns are running now (a fault should land mid-turn)."""
+    rows = _rows(
+        database_url,
+        "SELECT count(*) FROM turns t JOIN sessions s ON s.id = t.session_id"
+        " WHERE s.user_id = %s AND t.status = 'running'",
+        user,
+    )
+    return int(rows[0][0]) if rows else 0
+
+
 def wait_terminal(database_url: str, user: str, ids: set[str], timeout: float) -> float | None:
     """Poll until every turn in ``ids`` is terminal; returns when that was seen, or None."""
     deadline = time.monotonic() + timeout
@@ -568,14 +587,16 @@ def run_under_load(
     *,
     times: int = 1,
     after_s: float = 2.0,
+    min_accepted: int = 0,
     suspects: Callable[[], list[ManagedProcess]] = list,
     **load_options: Any,
 ) -> Row:
     """Start the load, ``inject(load)`` once per round, let it run on, then check.
 
     ``times`` rounds by default, rounds for the whole soak time with ``--soak``.  Heal time
-    is when the last round returned; the row is recorded and must be clean (if it is not,
-    the stacks of the ``suspects()`` processes go into the failure message).
+    is when the last round returned; the load then runs on until it has ``min_accepted``
+    turns in all, and ``after_s`` more.  The row is recorded and must be clean (if it is
+    not, the stacks of the ``suspects()`` processes go into the failure message).
     """
     done = 0
     with Load(settings, user, **load_options) as load:
@@ -584,6 +605,7 @@ def run_under_load(
             inject(load)
             done += 1
         heal = time.time()
+        load.wait_total(min_accepted)
         load.keep_going(after_s)
     load.stop()
     row = check(load, f"{fault} x{done}", database_url, heal)
@@ -631,9 +653,10 @@ class Cluster:
         self.procs.append(b)
         return b
 
-    def respawn(self, old: ManagedProcess) -> ManagedProcess:
-        """A fresh process with the same command and environment (after a kill), started."""
-        new = ManagedProcess(old.args, old.env, old.name, ready=old.ready)
+    def respawn(self, old: ManagedProcess, **env: str) -> ManagedProcess:
+        """A fresh process with the same command and environment (after a kill), started;
+        ``env`` overrides variables (e.g. a new ``PGAPPNAME`` to tell the two apart)."""
+        new = ManagedProcess(old.args, {**old.env, **env}, old.name, ready=old.ready)
         self.procs.append(new)
         new.start()
         return new

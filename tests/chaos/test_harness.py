@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import psycopg
 import pytest
 
 from producer import Client
 from shared.settings import Settings
+from tests.chaos.executions import ExecutionLog, Fault, attempts_check
 from tests.chaos.harness import Accepted, Load, check, libpq
 
 pytestmark = [pytest.mark.chaos, pytest.mark.service]
@@ -55,3 +57,44 @@ def test_checker_counts_lost_duplicated_and_reordered_turns(
     assert row.duplicated >= 1, row.violations
     assert row.out_of_order >= 1, row.violations
     assert not row.clean
+
+
+def test_attempts_checker_blames_re_runs_no_fault_explains(
+    stack_env: dict[str, str], database_url: str, uid: str
+) -> None:
+    """A turn run twice is fine if a fault hit its first run's worker mid-turn, not else;
+    a failed turn needs as many kills as the attempt budget."""
+    user = f"attempts-selftest-{uid}"
+    with Client.from_settings() as client:  # no worker runs: executions are made by hand
+        hit, churned, failed = (client.enqueue(f"s{n}-{uid}", user, "hi") for n in range(3))
+
+    def run(conn: psycopg.Connection[Any], worker: str, turn_id: str) -> None:
+        conn.execute("SELECT set_config('application_name', %s, false)", (worker,))
+        conn.execute(
+            "UPDATE turns SET status = 'running', attempts = attempts + 1,"
+            " started_at = clock_timestamp() WHERE id = %s",
+            (turn_id,),
+        )
+
+    with ExecutionLog(database_url) as log:
+        with psycopg.connect(libpq(database_url), autocommit=True) as conn:
+            for t in (hit, churned, failed):
+                run(conn, "w-0", t.id)
+            time.sleep(0.01)
+            kill = Fault.kill("w-0", lambda: None)  # w-0 died with all three running
+            for t in (hit, failed):
+                run(conn, "w-1", t.id)
+            run(conn, "w-0", churned.id)  # w-0 cannot run again: w-1 never ran it: churn
+            run(conn, "w-1", churned.id)
+            for t, status in ((hit, "succeeded"), (churned, "succeeded"), (failed, "failed")):
+                conn.execute(
+                    "UPDATE turns SET status = %s, error = 'x', finished_at = clock_timestamp()"
+                    " WHERE id = %s",
+                    (status, t.id),
+                )
+        clean = attempts_check(log, user, [], max_attempts=2)
+        assert clean.over == 3 and clean.failed_unexplained == 1, clean.summary()
+        report = attempts_check(log, user, [kill], max_attempts=2)
+    assert report.hit == 3 and report.max_attempts == 3, report.summary()
+    assert report.over == 1 and "s1-" in report.violations[0], report.summary()
+    assert report.failed_unexplained == 1, report.summary()  # one kill < budget of 2

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 
 from ops.processes import ManagedProcess
 from shared.settings import Settings
-from tests.chaos.harness import Cluster, Load, gap, libpq, run_under_load, time_limit
+from tests.chaos.harness import Cluster, Load, gap, run_under_load, running_turns, time_limit
 from tests.support.servers import wait_until
 from tests.system.conftest import FAST_RECOVERY
 
@@ -45,16 +44,6 @@ def workers(stack_env: dict[str, str]) -> Iterator[Workers]:
         yield Workers(cluster, steady, victim, stack_env["TURNQ_DATABASE_URL"])
     finally:
         cluster.close()
-
-
-def running_turns(database_url: str, user: str) -> int:
-    with psycopg.connect(libpq(database_url)) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM turns t JOIN sessions s ON s.id = t.session_id"
-            " WHERE s.user_id = %s AND t.status = 'running'",
-            (user,),
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def test_kill_9_of_a_worker_mid_turn_repeatedly(workers: Workers, uid: str) -> None:

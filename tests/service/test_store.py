@@ -368,6 +368,38 @@ async def test_stale_sessions_oldest_first_and_mark_kicked(s: Stores, uid: str) 
     await s.maintenance.mark_kicked([])  # no-op, no SQL error
 
 
+async def test_mark_kicked_never_waits_for_a_turn_a_drain_holds(s: Stores, uid: str) -> None:
+    """A drain's commit locks its running turn (turnq_hold), then claims the next queued
+    one.  The reaper's mark used to lock every runnable turn of its sessions in scan
+    order, the queued one first, then wait for the running one: a deadlock, and the
+    aborted drain's turn ran again though nothing had failed (found by the chaos test of
+    kills and a freeze under long model calls, several times a run)."""
+    user = f"u{uid}"
+    running, fence = await _running(s, user, f"held{uid}")
+    queued, _, _ = await s.producer.enqueue(user, f"held{uid}", "next", None)
+    free, _, _ = await s.producer.enqueue(user, f"free{uid}", "alone", None)
+    kicked = "SELECT last_kick_at IS NOT NULL FROM turns WHERE id = :id"
+    async with s.db.engine.connect() as drain:
+        await drain.execute(text("SET LOCAL lock_timeout = '3s'"))
+        await drain.execute(
+            text("SELECT turnq_hold(:sid, :fence, :tid)"),
+            {"sid": running.session_id, "fence": fence, "tid": running.id},
+        )
+        await asyncio.wait_for(
+            s.maintenance.mark_kicked([running.session_id, free.session_id]), timeout=3
+        )
+        # The drain finishes its turn and claims the next: nothing of the mark's is in its way.
+        for status, tid in (("succeeded", running.id), ("running", queued.id)):
+            await drain.execute(
+                text("UPDATE turns SET status = :st WHERE id = :id"), {"st": status, "id": tid}
+            )
+        await drain.rollback()
+    assert await s.scalar(kicked, id=free.id) is True
+    assert await s.scalar(kicked, id=queued.id) is True
+    assert await s.scalar(kicked, id=running.id) is False  # held: skipped, marked next pass
+    assert running.session_id in await s.maintenance.stale_sessions(-1, 100_000)
+
+
 async def test_a_new_holders_claim_skips_the_wal_flush_and_nothing_else_does(
     s: Stores, uid: str
 ) -> None:
