@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     lock_ttl_s: float = Field(default=30.0, gt=0.2)
     heartbeat_s: float | None = None  # default: lock_ttl_s / 3
     turn_timeout_s: float = Field(default=300.0, gt=0)
+    # Model calls one turn may make (Runner's max_turns); past it the turn fails max_turns.
+    max_turns: int = Field(default=10, ge=1, le=1000)
     # A turn whose worker vanished (crash, OOM, kill) this many times while running it is
     # failed with worker_lost; pauses, lock hand-overs and redeliveries never count.
     max_attempts: int = Field(default=5, ge=1, le=100)

@@ -90,7 +90,12 @@ async def stream_run(
     hooks: RunHooks[Any] | None = None,
 ) -> RunResultStreaming:
     result = Runner.run_streamed(
-        agent, model_input, context=context, hooks=hooks, run_config=run_config
+        agent,
+        model_input,
+        context=context,
+        hooks=hooks,
+        run_config=run_config,
+        max_turns=rt.settings.max_turns,
     )
 
     async def watch() -> None:
