@@ -96,11 +96,24 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
-        max_bytes=settings.gateway_max_body_bytes or 4 * settings.max_content_bytes + 4096,
+        max_bytes=settings.gateway_max_body_bytes or default_max_body(settings),
     )
     app.add_middleware(MetricsMiddleware)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+def default_max_body(settings: Settings) -> int:
+    """Room for the largest turn the limits allow: its text as JSON (escaped up to 4x), its
+    images and files (data URLs are ASCII), its metadata, and 4 KiB for the rest.  Bounded
+    by the text alone, any attachment over ~130 KB was refused as body_too_large however
+    high TURNQ_MAX_ATTACHMENT_BYTES was set."""
+    return (
+        4 * settings.max_content_bytes
+        + settings.max_attachment_bytes
+        + 4 * settings.max_metadata_bytes
+        + 4096
+    )
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]

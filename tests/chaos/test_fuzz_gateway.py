@@ -423,10 +423,10 @@ def test_malformed_deep_huge_and_mistyped_bodies(target: Target, uid: str) -> No
         target, "POST", turns, headers=[(b"Transfer-Encoding", b"chunked"),
                                         (b"Content-Type", b"application/json")],
     )  # fmt: skip
-    for part in [b'{"content": "', *[chunk] * 8, b'"}']:
+    for part in [b'{"content": "', *[chunk] * 9, b'"}']:  # over the 8.5 MB default limit
         chunked += b"%x\r\n" % len(part) + part + b"\r\n"
     chunked += b"0\r\n\r\n"
-    answer = send_raw(target, chunked, "8 MB chunked body")
+    answer = send_raw(target, chunked, "9 MB chunked body")
     assert answer.status == 413, answer
     # The session these bodies went to is fine.
     assert target.api.wait(target.api.send(f"body-{uid}", "after all that")["turn_id"])[
