@@ -15,20 +15,31 @@ unchanged and still takes turns.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+import psycopg
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from tests.support.adversarial import ALL, fuzz_settings, hostile_content, hostile_id
+from tests.support.adversarial import (
+    ALL,
+    fuzz_settings,
+    hostile_agent,
+    hostile_content,
+    hostile_id,
+    hostile_metadata,
+    hostile_parts,
+)
 from tests.support.chaos_stack import gateway_and_worker
 from tests.support.workers import WorkerProcess
 from tests.system.test_gateway_support import Api, GatewayProcess, new_key
@@ -267,6 +278,84 @@ def test_hostile_json_bodies_and_session_ids(target: Target, uid: str) -> None:
     print(f"gateway JSON fuzz: {EXAMPLES} cases, outcomes {sorted(outcomes.items())}")
     assert outcomes.get("202", 0) >= 10, outcomes
     assert sum(v for k, v in outcomes.items() if k.startswith("4")) >= 10, outcomes
+
+
+def test_hostile_agents_metadata_and_content_parts(
+    target: Target, database_url: str, uid: str
+) -> None:
+    """Every answer below 500; a refusal writes nothing; an accepted turn runs and reads
+    back as sent (parts without their null fields, metadata by JSON value)."""
+    outcomes: dict[str, int] = {}
+    accepted: list[tuple[str, str, Any]] = []
+
+    @fuzz_settings(EXAMPLES)
+    @given(
+        hostile=st.sampled_from(["agent", "metadata", "parts", "parts", "parts"]),
+        agent=hostile_agent("echo"),
+        metadata=hostile_metadata(),
+        parts=hostile_parts(),
+        escape=st.booleans(),
+    )
+    def one(hostile: str, agent: Any, metadata: Any, parts: Any, escape: bool) -> None:
+        body: dict[str, Any] = {
+            "content": parts if hostile == "parts" else [{"type": "input_text", "text": "hi"}],
+            "agent": agent if hostile == "agent" else "echo",
+            "metadata": metadata if hostile == "metadata" else {"order": 1},
+        }
+        try:
+            encoded = json.dumps(body, ensure_ascii=escape, allow_nan=True)
+        except ValueError:  # a number JSON cannot write
+            return
+        before = rows(database_url)
+        session = f"parts-{uid}"
+        answer = call(
+            target, "POST", f"/v1/sessions/{session}/turns".encode(),
+            body=encoded.encode("utf-8", "surrogatepass"),
+        )  # fmt: skip
+        outcome = str(answer.status)
+        if answer.status == 202:
+            accepted.append((answer.json()["turn_id"], session, body))
+        else:
+            assert 400 <= answer.status < 500, answer
+            assert rows(database_url) == before, f"a {answer.status} wrote rows"
+            if not answer.unparseable:
+                problem = answer.json()
+                fields = [
+                    re.sub(r"\[\d+\]", "[i]", e["field"]) for e in problem.get("errors") or []
+                ]
+                outcome += f" {problem['code']} {','.join(fields)}"
+        event(outcome)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    one()
+    sent = []
+    for turn_id, _session, body in accepted:
+        done = target.api.wait(turn_id)
+        assert done["status"] == "succeeded", done
+        parts = [{k: v for k, v in p.items() if v is not None} for p in body["content"]]
+        assert done["content"] == parts
+        assert canonical(done["metadata"]) == canonical(body["metadata"])
+        sent.append(parts)
+    r = target.api.request("GET", f"/v1/sessions/parts-{uid}/items?limit=1000")
+    items = [i["item"] for i in r.json()["items"]] if sent else []
+    assert [i["content"] for i in items if i.get("role") == "user"] == sent
+    print(f"gateway agents/metadata/parts fuzz: {EXAMPLES} cases, {sorted(outcomes.items())}")
+    assert outcomes.get("202", 0) >= 30, outcomes
+    assert sum(v for k, v in outcomes.items() if k.startswith("4")) >= 30, outcomes
+
+
+def rows(database_url: str) -> tuple[int, int]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM turns)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def canonical(value: object) -> object:
+    """JSON by value, as Postgres keeps it: 1e308 comes back as the integer it equals."""
+    return json.loads(json.dumps(value), parse_float=Decimal, parse_int=Decimal)
 
 
 # ====================================================================== paths, queries
