@@ -11,13 +11,11 @@ and the reading routes' arguments.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -39,11 +37,11 @@ from shared.status import TurnStatus
 from tests.support.adversarial import (
     ALL,
     fuzz_settings,
-    hostile_agent,
     hostile_content,
     hostile_id,
-    hostile_metadata,
-    hostile_parts,
+    json_value,
+    stored_parts,
+    turn_inputs,
 )
 from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
@@ -189,20 +187,6 @@ def test_hostile_turns_are_refused_or_round_trip_through_a_worker(
     assert sum(v for k, v in outcomes.items() if k.startswith("refused")) >= 10, outcomes
 
 
-TEXT = {"type": "input_text", "text": "look"}
-PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAE="
-
-
-def normalized(parts: list[Any]) -> list[Any]:
-    """Parts as accepted and stored: a source or option given as null is left out."""
-    return [{k: v for k, v in p.items() if v is not None} for p in parts]
-
-
-def canonical(value: object) -> object:
-    """JSON by value, as Postgres keeps it: 1e308 comes back as the integer it equals."""
-    return json.loads(json.dumps(value), parse_float=Decimal, parse_int=Decimal)
-
-
 def test_hostile_agents_metadata_and_content_parts_are_refused_or_round_trip(
     client: Client, worker: WorkerProcess, written: Callable[[], tuple[int, int]], uid: str
 ) -> None:
@@ -211,20 +195,9 @@ def test_hostile_agents_metadata_and_content_parts_are_refused_or_round_trip(
     outcomes: dict[str, int] = {}
 
     @fuzz_settings(EXAMPLES)
-    @given(
-        hostile=st.sampled_from(["agent", "metadata", "parts", "parts", "parts"]),
-        agent=hostile_agent("echo"),
-        metadata=hostile_metadata(),
-        content=hostile_parts(),
-        fresh=st.booleans(),
-    )
-    def one(hostile: str, agent: str | None, metadata: Any, content: Any, fresh: bool) -> None:
-        """Hostile parts, a hostile agent name or hostile metadata; the others sane."""
-        agent = agent if hostile == "agent" else "echo" if fresh else None
-        metadata = metadata if hostile == "metadata" else {"order": 7, "tags": ["a"]}
-        content = (
-            content if hostile == "parts" else [TEXT, {"type": "input_image", "image_url": PNG}]
-        )
+    @given(inputs=turn_inputs("echo"), fresh=st.booleans())
+    def one(inputs: tuple[str | None, Any, Any], fresh: bool) -> None:
+        agent, metadata, content = inputs
         session = f"parts-{uid}-{len(accepted)}" if fresh else f"parts-{uid}"
         before = written()
         try:
@@ -236,11 +209,11 @@ def test_hostile_agents_metadata_and_content_parts_are_refused_or_round_trip(
             assert len(str(err)) < 500, f"the error echoes the input: {str(err)[:100]}"
         else:
             outcome = "accepted"
-            message = normalized(content)
+            message = stored_parts(content)
             accepted.append((turn.id, session, message, metadata))
             got = client.get_turn(turn.id, user)
             assert got.content == message
-            assert canonical(got.metadata) == canonical(metadata)
+            assert json_value(got.metadata) == json_value(metadata)
         event(outcome)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
@@ -249,7 +222,7 @@ def test_hostile_agents_metadata_and_content_parts_are_refused_or_round_trip(
     for turn_id, session, message, metadata in accepted:
         done = client.wait(turn_id, timeout=120, user_id=user)
         assert done.status is TurnStatus.SUCCEEDED, (str(message)[:200], done.error)
-        assert canonical(done.metadata) == canonical(metadata)
+        assert json_value(done.metadata) == json_value(metadata)
         sent.setdefault(session, []).append(message)
     for session, messages in sent.items():  # the transcript holds each message as given
         history = client.history(session, user)

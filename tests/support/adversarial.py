@@ -9,6 +9,9 @@ Hypothesis strategies mix them with arbitrary text, so a failure shrinks to one 
 from __future__ import annotations
 
 import base64
+import json
+from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -194,6 +197,40 @@ def hostile_parts() -> st.SearchStrategy[list[object]]:
         st.just([]),
         st.just([{"type": "input_text", "text": "x"}] * 33),
     )
+
+
+_SANE_PARTS = [
+    {"type": "input_text", "text": "look"},
+    {"type": "input_image", "image_url": _PNG},
+]
+
+
+def turn_inputs(known_agent: str) -> st.SearchStrategy[tuple[str | None, object, object]]:
+    """(agent, metadata, content) for one turn: one of them hostile (parts most often), the
+    others sane, so that a good share gets through to the worker."""
+    return st.tuples(
+        st.sampled_from(["agent", "metadata", "parts", "parts", "parts"]),
+        hostile_agent(known_agent),
+        st.sampled_from([None, known_agent]),
+        hostile_metadata(),
+        hostile_parts(),
+    ).map(
+        lambda t: (
+            t[1] if t[0] == "agent" else t[2],
+            t[3] if t[0] == "metadata" else {"order": 7, "tags": ["a"]},
+            t[4] if t[0] == "parts" else _SANE_PARTS,
+        )
+    )
+
+
+def stored_parts(parts: list[Any]) -> list[Any]:
+    """Parts as turnq stores and returns them: a source or option given as null is left out."""
+    return [{k: v for k, v in p.items() if v is not None} for p in parts]
+
+
+def json_value(value: object) -> object:
+    """JSON by value, as Postgres keeps it: 1e308 comes back as the integer it equals."""
+    return json.loads(json.dumps(value), parse_float=Decimal, parse_int=Decimal)
 
 
 def fuzz_settings(examples: int) -> settings:
