@@ -198,8 +198,9 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int | None = Field(
         default=None,
         ge=1,
-        description="largest request body (default 4 x max_content_bytes "
-        "+ 4 KiB), refused with 413 before it is parsed",
+        description="largest request body (default 4 x max_content_bytes + "
+        "max_attachment_bytes + 4 x max_metadata_bytes + 4 KiB), refused with 413 before "
+        "it is parsed",
     )
     gateway_check_workers: bool = Field(
         default=True, description="/healthz asks Celery which workers consume the turns queue"

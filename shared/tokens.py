@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "ATTACHMENT_TOKENS",
     "CalibratedEstimator",
     "HeuristicEstimator",
     "TiktokenEstimator",
     "TokenEstimator",
     "calibrate",
     "default_estimator",
+    "text_and_attachments",
 ]
 
 Item = Mapping[str, Any]
@@ -52,6 +54,46 @@ def _item_json(item: object) -> str:
     return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, default=str)
 
 
+# An image or a file in a message (a content part, also in a tool's output).  Models charge
+# them by size in tiles or pages, not by their base64 text: a high-detail 1024x1024 image
+# is 765 tokens at OpenAI.  Counted as text, one 8 MiB data URL would be ~2.8M tokens and
+# the budget would trim away the very message it came in (I8); a fixed estimate instead,
+# which calibration against the model's measured usage corrects like any other.
+ATTACHMENT_TOKENS = 1000
+_ATTACHMENT_TYPES = frozenset({"input_image", "input_file"})
+
+
+def _attachments_apart(value: object) -> tuple[object, int]:
+    """``value`` without its image and file parts, and how many there were."""
+    if isinstance(value, Mapping):
+        out, n = {}, 0
+        for key, v in value.items():
+            out[key], m = _attachments_apart(v)
+            n += m
+        return out, n
+    if isinstance(value, list | tuple):
+        kept, n = [], 0
+        for v in value:
+            if isinstance(v, Mapping) and str(v.get("type")) in _ATTACHMENT_TYPES:
+                n += 1
+                continue
+            w, m = _attachments_apart(v)
+            kept.append(w)
+            n += m
+        return kept, n
+    return value, 0
+
+
+def text_and_attachments(value: object) -> tuple[str, int]:
+    """``value`` as JSON text to estimate from, images and files left out, and how many
+    images and files it holds (each worth ``ATTACHMENT_TOKENS``)."""
+    text = _item_json(value)
+    if '"input_image"' not in text and '"input_file"' not in text:
+        return text, 0  # the usual case: one substring test, no second walk
+    stripped, n = _attachments_apart(value)
+    return _item_json(stripped), n
+
+
 @dataclass(frozen=True)
 class HeuristicEstimator:
     """UTF-8 bytes / ``chars_per_token``: no tokenizer, no download, deterministic."""
@@ -69,7 +111,9 @@ class HeuristicEstimator:
         return math.ceil(len(text.encode("utf-8", "surrogatepass")) / self.chars_per_token)
 
     def count_item(self, item: Item) -> int:
-        return max(1, self.count_text(_item_json(item))) + self.per_item_overhead
+        text, attachments = text_and_attachments(item)
+        own = max(1, self.count_text(text)) + attachments * ATTACHMENT_TOKENS
+        return own + self.per_item_overhead
 
     def count_items(self, items: Sequence[Item]) -> int:
         return sum(self.count_item(item) for item in items)
@@ -132,10 +176,12 @@ class TiktokenEstimator:
         return len(self.encoding.encode(text, disallowed_special=()))
 
     def count_items(self, items: Sequence[Item]) -> int:
-        return sum(
-            max(1, sum(self.count_text(s) for s in _strings(item))) + self.per_item_overhead
-            for item in items
-        )
+        total = 0
+        for item in items:
+            text, attachments = _attachments_apart(item)
+            own = max(1, sum(self.count_text(s) for s in _strings(text)))
+            total += own + attachments * ATTACHMENT_TOKENS + self.per_item_overhead
+        return total
 
 
 @dataclass(frozen=True)

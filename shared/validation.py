@@ -139,7 +139,7 @@ def _check_part(index: int, part: object) -> dict[str, Any]:
     if not isinstance(part, dict):
         raise InvalidInput(where, f"must be an object, got {type(part).__name__}")
     kind = part.get("type")
-    if kind not in _PART_KEYS:
+    if not isinstance(kind, str) or kind not in _PART_KEYS:  # {"type": {}} is unhashable
         raise InvalidInput(f"{where}.type", f"must be one of {', '.join(PART_TYPES)}")
     unknown = sorted(str(k)[:40] for k in part if k not in _PART_KEYS[kind])
     if unknown:

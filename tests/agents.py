@@ -8,17 +8,27 @@ containing ``FAIL-PERMANENT`` makes the model raise a non-retryable error.
 ``misbehaving`` fails in the way its message asks (``[loop]``, ``[slow]``, ``[kill]``, ...),
 so one worker can produce every error code; its model logs every call to
 ``TEST_CALL_LOG`` so a test can count calls made in another (even a killed) process.
+
+Agents as written (I11; tests/system/test_agent*.py), on ``Replying`` models (the SDK's
+``ScriptedModel`` answering each call from the call): ``support`` (Triage hands billing
+questions to Billing, whose ``whoami`` tool reports the run context), ``DESKS`` (the same
+two as a mapping of entry agents), ``account_context`` (a TURNQ_CONTEXT_FACTORY),
+``features`` (an entry agent per feature: guardrails of every kind, a loop for max_turns,
+structured output, no model at all, and models that only answer whole) and ``routed``
+(handoff targets whose models the deployment's provider must serve).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from agents import (
@@ -27,13 +37,18 @@ from agents import (
     Model,
     ModelResponse,
     RunContextWrapper,
+    ToolGuardrailFunctionOutput,
+    ToolInputGuardrailData,
+    ToolOutputGuardrailData,
     UserError,
     function_tool,
     input_guardrail,
     output_guardrail,
+    tool_input_guardrail,
+    tool_output_guardrail,
 )
 from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
-from agents.testing.model import ModelCall, ModelStepResult
+from agents.testing.model import ModelCall, ModelResponder, ModelStepResult
 from agents.usage import Usage
 from openai.types.responses import (
     Response,
@@ -42,8 +57,10 @@ from openai.types.responses import (
     ResponseUsage,
 )
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+from pydantic import BaseModel
 
 from shared.models.offline import response_stream_events
+from shared.run_context import TurnContext
 
 
 def _last_user_text(items: Any) -> str:
@@ -282,3 +299,309 @@ def slow_extractive() -> Any:
         return await inner(previous, evicted, max_tokens=max_tokens)
 
     return summarize
+
+
+# --- agents as written (I11): tests/system/test_agents*.py ---------------------------
+#
+# Models here are the SDK's ``ScriptedModel`` answering every call from the call itself
+# (``Replying``), so one long-lived worker serves any number of turns.  Each model call
+# reports its own usage (cached and reasoning tokens included) so a test can add them up.
+
+
+class Replying(ScriptedModel):
+    """``ScriptedModel`` whose script never runs out: each call gets ``responder``'s step."""
+
+    def __init__(self, responder: ModelResponder) -> None:
+        super().__init__()
+        self.responder = responder
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        self.enqueue(ModelStep.respond(self.responder))
+        return await super().get_response(*args, **kwargs)
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        self.enqueue(ModelStep.respond(self.responder))
+        async for event in super().stream_response(*args, **kwargs):
+            yield event
+
+
+def usage_of(input_tokens: int, output_tokens: int, cached: int, reasoning: int) -> Usage:
+    return Usage(
+        requests=1,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=cached, cache_write_tokens=0),
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning),
+    )
+
+
+# What each agent's model reports per call: (input, output, cached, reasoning) tokens.
+TRIAGE_USAGE = (100, 10, 60, 4)
+BILLING_USAGE = (200, 20, 150, 8)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def say(text: str, usage: tuple[int, int, int, int] = (10, 5, 0, 0)) -> ModelStep:
+    return ModelStep(
+        output=[assistant_message(text, item_id=_unique("msg"))], usage=usage_of(*usage)
+    )
+
+
+def call_tool(
+    name: str, arguments: dict[str, Any], usage: tuple[int, int, int, int] = (10, 5, 0, 0)
+) -> ModelStep:
+    return ModelStep(
+        output=[function_call(name, arguments, call_id=_unique("call"))], usage=usage_of(*usage)
+    )
+
+
+def last_tool_output(items: Any) -> tuple[str, str] | None:
+    """(tool name, output) when the input ends with a tool's output: the model is being
+    asked to go on after it; None when it ends with the user's message."""
+    if isinstance(items, str) or not items:
+        return None
+    last = items[-1]
+    if not isinstance(last, dict) or last.get("type") != "function_call_output":
+        return None
+    names = [
+        str(i.get("name"))
+        for i in items
+        if isinstance(i, dict)
+        and i.get("type") == "function_call"
+        and i.get("call_id") == last.get("call_id")
+    ]
+    output = last.get("output")
+    return (names[-1] if names else "?", output if isinstance(output, str) else str(output))
+
+
+def context_report(context: Any) -> dict[str, Any]:
+    """What a tool sees as its run context, as JSON (a TurnContext or a factory's object)."""
+    fields = dataclasses.asdict(context) if dataclasses.is_dataclass(context) else {}
+    return {"context": type(context).__name__, **fields}
+
+
+@function_tool
+def whoami(ctx: RunContextWrapper[Any]) -> str:
+    """Who this turn serves, as the run context says."""
+    return json.dumps(context_report(ctx.context), sort_keys=True)
+
+
+@function_tool(needs_approval=True)
+def refund(amount: int) -> str:
+    """Refunds the customer (a human approves it first)."""
+    return f"refunded {amount}"
+
+
+async def _triage(call: ModelCall) -> ModelStepResult:
+    text = _last_user_text(call.input)
+    if "billing" in text.lower():
+        target = next(h for h in call.handoffs if h.agent_name == "Billing")
+        return call_tool(target.tool_name, {}, TRIAGE_USAGE)
+    return say(f"triage: {text}", TRIAGE_USAGE)
+
+
+async def _billing(call: ModelCall) -> ModelStepResult:
+    done = last_tool_output(call.input)
+    if done is not None and done[0] == "whoami":
+        return say(f"billing: {done[1]}", BILLING_USAGE)
+    text = _last_user_text(call.input)
+    if "who am i" in text.lower():
+        return call_tool("whoami", {}, BILLING_USAGE)
+    return say(f"billing: {text}", BILLING_USAGE)
+
+
+def triage_and_billing() -> tuple[Agent[Any], Agent[Any]]:
+    billing = Agent[Any](
+        name="Billing",
+        handoff_description="Plans, invoices and refunds.",
+        model=Replying(_billing),
+        tools=[whoami, refund],
+    )
+    triage = Agent[Any](name="Triage", model=Replying(_triage), tools=[whoami], handoffs=[billing])
+    return triage, billing
+
+
+def support() -> Agent[Any]:
+    """Two agents: Triage hands billing questions to Billing, whose ``whoami`` tool reports
+    the run context (who the turn serves, the caller's metadata)."""
+    return triage_and_billing()[0]
+
+
+def _desks() -> dict[str, Agent[Any]]:
+    triage, billing = triage_and_billing()
+    return {"triage": triage, "billing": billing}
+
+
+# A mapping deployment: two entry agents, "triage" (the default: first) and "billing".
+DESKS = _desks()
+
+
+@dataclass
+class Account:
+    """A deployment's own run context, built from turnq's by TURNQ_CONTEXT_FACTORY."""
+
+    user_id: str
+    account_id: str
+    tier: str
+    turn: TurnContext
+
+
+async def account_context(turn: TurnContext) -> Account:
+    """TURNQ_CONTEXT_FACTORY=tests.agents:account_context (async: awaited by the worker)."""
+    return Account(
+        turn.user_id, f"acct-{turn.user_id}", str(turn.metadata.get("tier", "basic")), turn
+    )
+
+
+# --- guardrails, max_turns, structured output, content parts, whole answers ------------
+
+
+@input_guardrail(run_in_parallel=False)  # blocking: the model is not asked
+async def no_blocked_words(
+    ctx: RunContextWrapper[Any], agent: Agent[Any], input: Any
+) -> GuardrailFunctionOutput:
+    return GuardrailFunctionOutput(None, tripwire_triggered="[block-in]" in _last_user_text(input))
+
+
+@output_guardrail
+async def no_secret_out(
+    ctx: RunContextWrapper[Any], agent: Agent[Any], output: Any
+) -> GuardrailFunctionOutput:
+    return GuardrailFunctionOutput(None, tripwire_triggered="SECRET" in str(output))
+
+
+@tool_input_guardrail
+def no_forbidden_query(data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
+    if "forbidden" in data.context.tool_arguments:
+        return ToolGuardrailFunctionOutput.raise_exception()
+    return ToolGuardrailFunctionOutput.allow()
+
+
+@tool_output_guardrail
+def no_classified_result(data: ToolOutputGuardrailData) -> ToolGuardrailFunctionOutput:
+    if "classified" in str(data.output):
+        return ToolGuardrailFunctionOutput.raise_exception()
+    return ToolGuardrailFunctionOutput.allow()
+
+
+@function_tool(
+    tool_input_guardrails=[no_forbidden_query], tool_output_guardrails=[no_classified_result]
+)
+def lookup(query: str) -> str:
+    """Looks a query up."""
+    return f"{query} files: 3 results"
+
+
+async def _guarded(call: ModelCall) -> ModelStepResult:
+    done = last_tool_output(call.input)
+    if done is not None:
+        return say(f"found: {done[1]}")
+    text = _last_user_text(call.input)
+    if "[leak]" in text:
+        return say("the SECRET is 42")
+    for marker, query in (("[tool-in]", "forbidden"), ("[tool-out]", "classified")):
+        if marker in text:
+            return call_tool("lookup", {"query": query})
+    return say(f"ok: {text}")
+
+
+@function_tool
+def tick() -> str:
+    """Advances the clock."""
+    return "tock"
+
+
+async def _looping(call: ModelCall) -> ModelStepResult:
+    """Calls ``tick`` forever (max_turns ends it), unless the message says ``enough``."""
+    if "enough" in _last_user_text(call.input):
+        return say("stopped")
+    return call_tool("tick", {})
+
+
+class Verdict(BaseModel):
+    answer: str
+    confidence: float
+    tags: list[str]
+
+
+async def _structured(call: ModelCall) -> ModelStepResult:
+    text = _last_user_text(call.input)
+    verdict = {"answer": f"yes: {text}", "confidence": 0.75, "tags": ["a", "ü"]}
+    return say(json.dumps(verdict, ensure_ascii=False))
+
+
+class WholeModel(Model):
+    """A user's model that only answers whole (``get_response``): ``[tool]`` in the message
+    asks for ``tick`` first.  Subclasses write "not implemented" the ways users do."""
+
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kw: Any
+    ) -> ModelResponse:
+        text = _last_user_text(input)
+        step = (
+            call_tool("tick", {})
+            if "[tool]" in text and last_tool_output(input) is None
+            else say(f"whole: {text} " + "word " * 40)
+        )
+        return ModelResponse(output=list(step.output), usage=step.usage, response_id=None)
+
+
+class NotStreamingDef(WholeModel):
+    def stream_response(self, *args: Any, **kw: Any) -> AsyncIterator[Any]:
+        raise NotImplementedError
+
+
+class NotStreamingAsyncDef(WholeModel):
+    async def stream_response(self, *args: Any, **kw: Any) -> Any:  # a coroutine, not a stream
+        raise NotImplementedError("answers whole only")
+
+
+class NotStreamingGenerator(WholeModel):
+    async def stream_response(self, *args: Any, **kw: Any) -> AsyncIterator[Any]:
+        raise NotImplementedError
+        yield  # an async generator that fails on first use
+
+
+def features() -> dict[str, Agent[Any]]:
+    """One agent per feature, as entry agents of one deployment (pick with agent=...)."""
+    return {
+        "guarded": Agent(
+            name="guarded",
+            model=Replying(_guarded),
+            tools=[lookup],
+            input_guardrails=[no_blocked_words],
+            output_guardrails=[no_secret_out],
+        ),
+        "looping": Agent(name="looping", model=Replying(_looping), tools=[tick]),
+        "structured": Agent(name="structured", model=Replying(_structured), output_type=Verdict),
+        "plain": Agent(name="plain"),  # no model: the deployment's (the offline brain here)
+        "whole-def": Agent(name="whole-def", model=NotStreamingDef(), tools=[tick]),
+        "whole-async": Agent(name="whole-async", model=NotStreamingAsyncDef(), tools=[tick]),
+        "whole-gen": Agent(name="whole-gen", model=NotStreamingGenerator(), tools=[tick]),
+    }
+
+
+# --- every model through the deployment's provider (TURNQ_OPENAI_BASE_URL: the stub) ----
+
+REFUNDS_MODEL = "refunds-model-x"
+
+
+async def _router(call: ModelCall) -> ModelStepResult:
+    text = _last_user_text(call.input).lower()
+    for word, agent in (("billing", "Billing"), ("refund", "Refunds")):
+        if word in text:
+            target = next(h for h in call.handoffs if h.agent_name == agent)
+            return call_tool(target.tool_name, {})
+    return say(f"router: {text}")
+
+
+def routed() -> Agent[Any]:
+    """Router (its own model object) hands over to Billing, which has no model, or to
+    Refunds, which names one by string: both must be served by turnq's provider."""
+    billing = Agent[Any](name="Billing", instructions="You handle billing.")
+    refunds = Agent[Any](name="Refunds", instructions="You handle refunds.", model=REFUNDS_MODEL)
+    return Agent(name="Router", model=Replying(_router), handoffs=[billing, refunds])

@@ -19,6 +19,7 @@ for models that only answer whole.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -148,6 +149,8 @@ class TurnqModel(Model):
         """The inner model's stream; marks the model non-streaming if it says so up front."""
         try:
             stream = self.inner.stream_response(*args, **kwargs)
+            if inspect.isawaitable(stream):  # ``async def`` with no yield: a coroutine
+                stream = await stream  # (raises NotImplementedError for a whole-answer model)
             first = await anext(aiter(stream))
         except NotImplementedError:
             if self.streams is None:

@@ -35,10 +35,12 @@ from producer.gateway.models import DependencyState as Dep
 from producer.gateway.models import Health
 from producer.gateway.ratelimit import RateLimiter
 from producer.gateway.routes import build_router
+from producer.gateway.schemas import patch_turn_create
 from producer.gateway.state import Gateway, gateway_of
 from shared import keys
 from shared.errors import TurnqError
 from shared.metrics import register_cluster_collector
+from shared.registry import AgentSpecError, registry_for
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,11 +98,24 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
-        max_bytes=settings.gateway_max_body_bytes or 4 * settings.max_content_bytes + 4096,
+        max_bytes=settings.gateway_max_body_bytes or default_max_body(settings),
     )
     app.add_middleware(MetricsMiddleware)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+def default_max_body(settings: Settings) -> int:
+    """Room for the largest turn the limits allow: its text as JSON (escaped up to 4x), its
+    images and files (data URLs are ASCII), its metadata, and 4 KiB for the rest.  Bounded
+    by the text alone, any attachment over ~130 KB was refused as body_too_large however
+    high TURNQ_MAX_ATTACHMENT_BYTES was set."""
+    return (
+        4 * settings.max_content_bytes
+        + settings.max_attachment_bytes
+        + 4 * settings.max_metadata_bytes
+        + 4096
+    )
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
@@ -234,12 +249,23 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 }
             for param in op.get("parameters", []):
                 _not_null(param)
-    body = schema.get("components", {}).get("schemas", {}).get("TurnCreate", {})
+    components = schema.get("components", {}).get("schemas", {})
+    body = components.get("TurnCreate", {})
     for variant in body.get("properties", {}).get("idempotency_key", {}).get("anyOf", []):
         if variant.get("type") == "string":
             variant["maxLength"] = settings.max_id_length
+    patch_turn_create(components, _agent_names(settings))
     app.openapi_schema = schema
     return schema
+
+
+def _agent_names(settings: Settings) -> list[str] | None:
+    """The deployment's entry agents (what ``agent`` may name), if its agents load."""
+    try:
+        return registry_for(settings.agent, settings.context_factory).names
+    except AgentSpecError:
+        log.warning("TURNQ_AGENT does not load; the schema lists no agent names", exc_info=True)
+        return None
 
 
 def _not_null(param: dict[str, Any]) -> None:

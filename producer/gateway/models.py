@@ -31,9 +31,11 @@ class TurnCreate(BaseModel):
         },
     )
 
+    # The published schema of content, agent and metadata is producer/gateway/schemas.py's;
+    # the parts are checked by shared.validation, whose refusals name the part.
     content: (
         Annotated[str, Field(min_length=1, json_schema_extra={"pattern": CONTENT_PATTERN})]
-        | Annotated[list[dict[str, Any]], Field(min_length=1, max_length=32)]
+        | list[Any]
     ) = Field(
         description="the user's message: a string (not blank, no NUL characters, at most "
         "TURNQ_MAX_CONTENT_BYTES UTF-8 bytes: 413 beyond), or a list of Responses-API content "

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.tokens import ATTACHMENT_TOKENS, text_and_attachments
+
 __all__ = ["Reply", "ToolCall", "ToolSpec", "estimate_tokens", "item_text", "think"]
 
 
@@ -55,8 +57,8 @@ def estimate_tokens(obj: object) -> int:
     """Roughly chars/4 of the text or JSON, never 0, so usage and compaction triggers move."""
     if obj is None:
         return 1
-    text = obj if isinstance(obj, str) else json.dumps(obj, default=str, ensure_ascii=False)
-    return max(1, math.ceil(len(text) / 4))
+    text, attachments = text_and_attachments(obj)  # an image is not its base64 text
+    return max(1, math.ceil(len(text) / 4)) + attachments * ATTACHMENT_TOKENS
 
 
 # --- reading items -----------------------------------------------------------

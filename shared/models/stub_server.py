@@ -11,7 +11,8 @@ Chat Completions and Responses adapters) runs without a real model.  Each call m
 delayed (``latency_s``; hundreds can be in flight) or fail as scripted ("429", "500",
 "timeout", "malformed", any status code).  ``GET /_stub/stats`` reports concurrency per
 conversation -- keyed by a hash of the request's first user message -- so tests can prove
-that turnq never runs two turns of one session at once.
+that turnq never runs two turns of one session at once, and calls per requested model name,
+so tests can prove which agent's model a call went to.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class StubState:
     in_flight: int = 0
     max_in_flight: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)  # calls per requested model name
     conversations: dict[str, _Conversation] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -109,6 +111,7 @@ class StubState:
         self.total_calls = 0
         self.max_in_flight = self.in_flight
         self.outcomes.clear()
+        self.models.clear()
         self.conversations = {
             key: _Conversation(in_flight=c.in_flight, max_in_flight=c.in_flight)
             for key, c in self.conversations.items()
@@ -147,6 +150,7 @@ class StubState:
             "overlapping_conversations": sum(c.max_in_flight > 1 for c in convs),
             "max_conversation_concurrency": max((c.max_in_flight for c in convs), default=0),
             "outcomes": dict(self.outcomes),
+            "models": dict(self.models),
             "per_conversation": {k: asdict(c) for k, c in self.conversations.items()},
         }
 
@@ -232,6 +236,7 @@ async def _model_call(request: Request, kind: str) -> Response:
     items = chat_to_brain(body)[1] if kind == "chat" else responses_to_brain(body)[1]
     key = conversation_key(items)
     state.enter(key)
+    state.models[str(body.get("model"))] += 1
     released = handed_off = False
 
     def release() -> None:

@@ -6,21 +6,21 @@ turn functions of ``shared/sql`` (a turn as ``to_jsonb``, timestamps as ISO stri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from shared.status import TERMINAL, ErrorCode, TurnStatus
+from shared.tokens import ATTACHMENT_TOKENS, text_and_attachments
 
 Item = dict[str, Any]
 
 
 def estimate_tokens(item: object) -> int:
     """Cheap token estimate (~4 characters a token) until the model measures the context."""
-    raw = item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
-    return max(1, len(raw) // 4)
+    raw, attachments = text_and_attachments(item)  # an image is not its base64 text
+    return max(1, len(raw) // 4) + attachments * ATTACHMENT_TOKENS
 
 
 @dataclass(frozen=True)

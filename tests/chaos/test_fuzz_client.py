@@ -11,6 +11,7 @@ and the reading routes' arguments.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,8 +32,17 @@ from shared.errors import (
     SessionBusy,
     TurnqError,
 )
+from shared.settings import get_settings
 from shared.status import TurnStatus
-from tests.support.adversarial import ALL, fuzz_settings, hostile_content, hostile_id
+from tests.support.adversarial import (
+    ALL,
+    fuzz_settings,
+    hostile_content,
+    hostile_id,
+    json_value,
+    stored_parts,
+    turn_inputs,
+)
 from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
 
@@ -59,7 +69,9 @@ def worker(stack_env: dict[str, str]) -> Iterator[WorkerProcess]:
 
 @pytest.fixture(scope="module")
 def client(stack_env: dict[str, str]) -> Iterator[Client]:
-    with Client.from_settings() as c:
+    """A client of the worker's deployment (it checks agent names against its agents)."""
+    settings = get_settings().model_copy(update={"agent": "tests.agents:echo"})
+    with Client.from_settings(settings) as c:
         yield c
 
 
@@ -175,6 +187,54 @@ def test_hostile_turns_are_refused_or_round_trip_through_a_worker(
     assert sum(v for k, v in outcomes.items() if k.startswith("refused")) >= 10, outcomes
 
 
+def test_hostile_agents_metadata_and_content_parts_are_refused_or_round_trip(
+    client: Client, worker: WorkerProcess, written: Callable[[], tuple[int, int]], uid: str
+) -> None:
+    user = f"u-{uid}"
+    accepted: list[tuple[str, str, Any, Any]] = []  # (turn id, session, message, metadata)
+    outcomes: dict[str, int] = {}
+
+    @fuzz_settings(EXAMPLES)
+    @given(inputs=turn_inputs("echo"), fresh=st.booleans())
+    def one(inputs: tuple[str | None, Any, Any], fresh: bool) -> None:
+        agent, metadata, content = inputs
+        session = f"parts-{uid}-{len(accepted)}" if fresh else f"parts-{uid}"
+        before = written()
+        try:
+            turn = client.enqueue(session, user, content, agent=agent, metadata=metadata)
+        except REFUSALS as err:
+            field = re.sub(r"\[\d+\]", "[i]", getattr(err, "field", ""))
+            outcome = f"refused {type(err).__name__}: {field}"
+            assert written() == before, f"{err!r} wrote rows"
+            assert len(str(err)) < 500, f"the error echoes the input: {str(err)[:100]}"
+        else:
+            outcome = "accepted"
+            message = stored_parts(content)
+            accepted.append((turn.id, session, message, metadata))
+            got = client.get_turn(turn.id, user)
+            assert got.content == message
+            assert json_value(got.metadata) == json_value(metadata)
+        event(outcome)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    one()
+    sent: dict[str, list[Any]] = {}
+    for turn_id, session, message, metadata in accepted:
+        done = client.wait(turn_id, timeout=120, user_id=user)
+        assert done.status is TurnStatus.SUCCEEDED, (str(message)[:200], done.error)
+        assert json_value(done.metadata) == json_value(metadata)
+        sent.setdefault(session, []).append(message)
+    for session, messages in sent.items():  # the transcript holds each message as given
+        history = client.history(session, user)
+        assert [i["content"] for i in history if i.get("role") == "user"] == messages
+    assert worker.alive(), worker.log_text()[-3000:]
+    print(f"agents/metadata/parts fuzz: {EXAMPLES} cases, outcomes {sorted(outcomes.items())}")
+    assert outcomes.get("accepted", 0) >= 30, outcomes
+    assert sum(v for k, v in outcomes.items() if "content[i]" in k) >= 10, outcomes
+    assert sum(v for k, v in outcomes.items() if k.endswith(": metadata")) >= 10, outcomes
+    assert sum(v for k, v in outcomes.items() if k.endswith(": agent")) >= 10, outcomes
+
+
 def test_huge_values_are_refused_before_anything_is_written(
     client: Client, worker: WorkerProcess, written: Callable[[], tuple[int, int]], uid: str
 ) -> None:
@@ -182,6 +242,10 @@ def test_huge_values_are_refused_before_anything_is_written(
     session, user = f"huge-{uid}", f"u-{uid}"
     mb = 1024 * 1024
     enqueue = partial(client.enqueue, session, user)
+    deep: dict[str, Any] = {}
+    for _ in range(100_000):
+        deep = {"d": deep}
+    image = "data:image/png;base64," + "A" * 10 * mb
     cases: list[tuple[str, Callable[[], Any], str]] = [
         ("5 MB of text", partial(enqueue, "a" * 5 * mb), "content"),
         ("5 MB of NULs", partial(enqueue, "\x00" * 5 * mb), "content"),
@@ -191,6 +255,15 @@ def test_huge_values_are_refused_before_anything_is_written(
         ("1 MB user id", partial(client.enqueue, session, "u" * mb, "hi"), "user_id"),
         ("1 MB idempotency key", partial(enqueue, "hi", "k" * mb), "idempotency_key"),
         ("1 MB strategy", partial(enqueue, "hi", None, "x" * mb), "multitask_strategy"),
+        ("1 MB agent name", partial(enqueue, "hi", agent="e" * mb), "agent"),
+        ("1 MB of metadata", partial(enqueue, "hi", metadata={"k": "v" * mb}), "metadata"),
+        ("metadata 100,000 deep", partial(enqueue, "hi", metadata=deep), "metadata"),
+        ("10 MB image", partial(enqueue, [{"type": "input_image", "image_url": image}]),
+         "content"),
+        ("1,000 parts", partial(enqueue, [{"type": "input_text", "text": "x"}] * 1000),
+         "content"),
+        ("5 MB text part", partial(enqueue, [{"type": "input_text", "text": "a" * 5 * mb}]),
+         "content"),
     ]  # fmt: skip
     for name, call, field in cases:
         err = refused_cleanly(written, call)

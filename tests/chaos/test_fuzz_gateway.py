@@ -15,6 +15,7 @@ unchanged and still takes turns.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import uuid
@@ -24,11 +25,20 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+import psycopg
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from tests.support.adversarial import ALL, fuzz_settings, hostile_content, hostile_id
+from tests.support.adversarial import (
+    ALL,
+    fuzz_settings,
+    hostile_content,
+    hostile_id,
+    json_value,
+    stored_parts,
+    turn_inputs,
+)
 from tests.support.chaos_stack import gateway_and_worker
 from tests.support.workers import WorkerProcess
 from tests.system.test_gateway_support import Api, GatewayProcess, new_key
@@ -269,6 +279,70 @@ def test_hostile_json_bodies_and_session_ids(target: Target, uid: str) -> None:
     assert sum(v for k, v in outcomes.items() if k.startswith("4")) >= 10, outcomes
 
 
+def test_hostile_agents_metadata_and_content_parts(
+    target: Target, database_url: str, uid: str
+) -> None:
+    """Every answer below 500; a refusal writes nothing; an accepted turn runs and reads
+    back as sent (parts without their null fields, metadata by JSON value)."""
+    outcomes: dict[str, int] = {}
+    accepted: list[tuple[str, str, Any]] = []
+
+    @fuzz_settings(EXAMPLES)
+    @given(inputs=turn_inputs("echo"), escape=st.booleans())
+    def one(inputs: tuple[str | None, Any, Any], escape: bool) -> None:
+        agent, metadata, content = inputs
+        body = {"content": content, "agent": agent, "metadata": metadata}
+        try:
+            encoded = json.dumps(body, ensure_ascii=escape, allow_nan=True)
+        except ValueError:  # a number JSON cannot write
+            return
+        before = rows(database_url)
+        session = f"parts-{uid}"
+        answer = call(
+            target, "POST", f"/v1/sessions/{session}/turns".encode(),
+            body=encoded.encode("utf-8", "surrogatepass"),
+        )  # fmt: skip
+        outcome = str(answer.status)
+        if answer.status == 202:
+            accepted.append((answer.json()["turn_id"], session, body))
+        else:
+            assert 400 <= answer.status < 500, answer
+            assert rows(database_url) == before, f"a {answer.status} wrote rows"
+            if not answer.unparseable:
+                problem = answer.json()
+                fields = [
+                    re.sub(r"\[\d+\]", "[i]", e["field"]) for e in problem.get("errors") or []
+                ]
+                outcome += f" {problem['code']} {','.join(fields)}"
+        event(outcome)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    one()
+    sent = []
+    for turn_id, _session, body in accepted:
+        done = target.api.wait(turn_id)
+        assert done["status"] == "succeeded", done
+        parts = stored_parts(body["content"])
+        assert done["content"] == parts
+        assert json_value(done["metadata"]) == json_value(body["metadata"])
+        sent.append(parts)
+    r = target.api.request("GET", f"/v1/sessions/parts-{uid}/items?limit=1000")
+    items = [i["item"] for i in r.json()["items"]] if sent else []
+    assert [i["content"] for i in items if i.get("role") == "user"] == sent
+    print(f"gateway agents/metadata/parts fuzz: {EXAMPLES} cases, {sorted(outcomes.items())}")
+    assert outcomes.get("202", 0) >= 30, outcomes
+    assert sum(v for k, v in outcomes.items() if k.startswith("4")) >= 30, outcomes
+
+
+def rows(database_url: str) -> tuple[int, int]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM turns)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 # ====================================================================== paths, queries
 def test_hostile_paths_and_queries(target: Target) -> None:
     tid, sid = target.turn_ids[0], target.session
@@ -423,10 +497,10 @@ def test_malformed_deep_huge_and_mistyped_bodies(target: Target, uid: str) -> No
         target, "POST", turns, headers=[(b"Transfer-Encoding", b"chunked"),
                                         (b"Content-Type", b"application/json")],
     )  # fmt: skip
-    for part in [b'{"content": "', *[chunk] * 8, b'"}']:
+    for part in [b'{"content": "', *[chunk] * 9, b'"}']:  # over the 8.5 MB default limit
         chunked += b"%x\r\n" % len(part) + part + b"\r\n"
     chunked += b"0\r\n\r\n"
-    answer = send_raw(target, chunked, "8 MB chunked body")
+    answer = send_raw(target, chunked, "9 MB chunked body")
     assert answer.status == 413, answer
     # The session these bodies went to is fine.
     assert target.api.wait(target.api.send(f"body-{uid}", "after all that")["turn_id"])[

@@ -8,6 +8,11 @@ Hypothesis strategies mix them with arbitrary text, so a failure shrinks to one 
 
 from __future__ import annotations
 
+import base64
+import json
+from decimal import Decimal
+from typing import Any
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -78,6 +83,154 @@ def hostile_id() -> st.SearchStrategy[str]:
 def hostile_content() -> st.SearchStrategy[str]:
     """Hostile text alone, or after ordinary words (so some of it is accepted)."""
     return st.one_of(hostile_text(), st.sampled_from(ALL).map(lambda s: f"say {s}"))
+
+
+# --- the inputs of agents as written: agent names, metadata, content parts ------------
+
+
+def hostile_agent(known: str) -> st.SearchStrategy[str | None]:
+    """No agent, the deployment's one, a near miss, or hostile text."""
+    return st.one_of(
+        st.none(),
+        st.just(known),
+        st.sampled_from([known.upper(), f"{known} ", f"{known}\x00", "", " ", known * 100]),
+        hostile_id(),
+    )
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    hostile_text(),
+)
+
+
+def hostile_json() -> st.SearchStrategy[object]:
+    """JSON-ish values nested past turnq's limit of 8 levels, with hostile keys and text,
+    non-finite floats, integers past 64 bits and, rarely, lists past 1000 values."""
+    return st.recursive(
+        _SCALARS,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4),
+            st.dictionaries(hostile_text(), inner, max_size=4),
+        ),
+        max_leaves=30,
+    )
+
+
+def hostile_metadata() -> st.SearchStrategy[object]:
+    """Mostly objects; sometimes not an object, nested 9 deep, a list of 1001 values, or
+    over 8 KiB as JSON."""
+    deep: object = 1
+    for _ in range(9):
+        deep = {"d": deep}
+    return st.one_of(
+        st.none(),
+        st.dictionaries(hostile_text(), hostile_json(), max_size=5),
+        st.sampled_from(
+            [[1, 2], "text", 5, deep, {"many": list(range(1001))}, {"big": "x" * 9000}]
+        ),
+    )
+
+
+_PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAE="
+_URLS = st.one_of(
+    st.sampled_from(
+        [
+            "https://example.com/pets/cat.png",
+            _PNG,
+            "data:application/pdf;base64,JVBERi0xLjQ=",
+            "data:image/png;base64,abc",  # bad padding
+            "data:image/png;base64,iVBO RwoK",  # whitespace: dropped before decoding
+            "data:text/html;base64,PGI+",
+            "DATA:image/png;base64,iVBORw==",
+            "data:image/png,iVBORw==",
+            "http://example.com/a.png",
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+            "https://",
+            "https://ex ample.com",
+            "https://example.com/" + "a" * 5000,
+        ]
+    ),
+    hostile_text().map(lambda t: "https://example.com/" + t),
+    st.binary(max_size=60).map(lambda b: "data:image/gif;base64," + base64.b64encode(b).decode()),
+    hostile_text(),
+)
+_PART_FIELDS = ["type", "text", "image_url", "file_id", "detail", "file_data", "file_url",
+                "filename"]  # fmt: skip
+
+
+def hostile_part() -> st.SearchStrategy[object]:
+    """A content part: well formed with hostile values, with fields missing, doubled or
+    unknown, of an unknown type, or not an object at all."""
+    text = st.one_of(hostile_content(), st.just("look at this"))
+    maybe = st.one_of(st.none(), st.sampled_from(["auto", "low", "high", "max", ""]))
+    name = st.one_of(st.none(), st.just("report.pdf"), hostile_text())
+    return st.one_of(
+        st.fixed_dictionaries({"type": st.just("input_text"), "text": text}),
+        st.fixed_dictionaries(
+            {"type": st.just("input_image"), "image_url": _URLS}, optional={"detail": maybe}
+        ),
+        st.fixed_dictionaries({"type": st.just("input_image"), "file_id": hostile_id()}),
+        st.fixed_dictionaries(
+            {"type": st.just("input_file"), "file_data": _URLS}, optional={"filename": name}
+        ),
+        st.fixed_dictionaries(
+            {"type": st.just("input_file"), "file_url": _URLS}, optional={"file_id": name}
+        ),
+        st.dictionaries(
+            st.one_of(st.sampled_from(_PART_FIELDS), hostile_text()),
+            st.one_of(_SCALARS, st.just({}), st.just([]), _URLS),
+            max_size=4,
+        ),
+        _SCALARS,
+    )
+
+
+def hostile_parts() -> st.SearchStrategy[list[object]]:
+    """Lists of parts, empty and over the limit of 32 included."""
+    return st.one_of(
+        st.lists(hostile_part(), min_size=1, max_size=4),
+        st.just([]),
+        st.just([{"type": "input_text", "text": "x"}] * 33),
+    )
+
+
+_SANE_PARTS = [
+    {"type": "input_text", "text": "look"},
+    {"type": "input_image", "image_url": _PNG},
+]
+
+
+def turn_inputs(known_agent: str) -> st.SearchStrategy[tuple[str | None, object, object]]:
+    """(agent, metadata, content) for one turn: one of them hostile (parts most often), the
+    others sane, so that a good share gets through to the worker."""
+    return st.tuples(
+        st.sampled_from(["agent", "metadata", "parts", "parts", "parts"]),
+        hostile_agent(known_agent),
+        st.sampled_from([None, known_agent]),
+        hostile_metadata(),
+        hostile_parts(),
+    ).map(
+        lambda t: (
+            t[1] if t[0] == "agent" else t[2],
+            t[3] if t[0] == "metadata" else {"order": 7, "tags": ["a"]},
+            t[4] if t[0] == "parts" else _SANE_PARTS,
+        )
+    )
+
+
+def stored_parts(parts: list[Any]) -> list[Any]:
+    """Parts as turnq stores and returns them: a source or option given as null is left out."""
+    return [{k: v for k, v in p.items() if v is not None} for p in parts]
+
+
+def json_value(value: object) -> object:
+    """JSON by value, as Postgres keeps it: 1e308 comes back as the integer it equals."""
+    return json.loads(json.dumps(value), parse_float=Decimal, parse_int=Decimal)
 
 
 def fuzz_settings(examples: int) -> settings:

@@ -14,11 +14,14 @@ UNTHROTTLED = {"TURNQ_GATEWAY_RATE_PER_S": "100000", "TURNQ_GATEWAY_RATE_BURST":
 def gateway_and_worker(
     env: dict[str, str], name: str, *, access_log: bool = False
 ) -> tuple[GatewayProcess, WorkerProcess]:
-    """`turnq gateway` without rate limits and a `tests.agents:echo` worker, both ready.
+    """`turnq gateway` without rate limits and a `tests.agents:echo` worker, both ready
+    (the gateway loads the same agent, so it knows the agent name ``echo``).
 
     The caller stops both (worker first); if the worker fails to start, the gateway is
     stopped here."""
-    gateway = GatewayProcess({**env, **UNTHROTTLED}, f"gateway-{name}")
+    gateway = GatewayProcess(
+        {**env, **UNTHROTTLED, "TURNQ_AGENT": "tests.agents:echo"}, f"gateway-{name}"
+    )
     if access_log:
         gateway.args.remove("--no-access-log")
     worker_env = {**env, **FAST_RECOVERY, "TURNQ_AGENT": "tests.agents:echo"}

@@ -9,12 +9,13 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import jsonschema
 import pytest
 from fastapi.exceptions import RequestValidationError
 from starlette.types import Receive, Scope, Send
 
 from producer.gateway import keys, sse
-from producer.gateway.app import create_app
+from producer.gateway.app import create_app, default_max_body
 from producer.gateway.auth import key_from_headers
 from producer.gateway.middleware import BodyLimitMiddleware
 from producer.gateway.problems import from_turnq_error, validation_problem
@@ -30,6 +31,7 @@ from shared.errors import (
     TurnNotFound,
 )
 from shared.settings import Settings
+from shared.validation import check_message, check_metadata
 
 
 def test_keys_are_random_hashed_and_bound_to_their_prefix() -> None:
@@ -241,3 +243,92 @@ def test_openapi_documents_auth_and_problems_for_every_route() -> None:
     body = schema["components"]["schemas"]["TurnCreate"]["properties"]["idempotency_key"]
     assert {"type": "string", "maxLength": 64}.items() <= body["anyOf"][0].items()
     assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+def test_the_default_body_limit_makes_room_for_attachments_and_metadata() -> None:
+    """Bounded by the text alone, any image over ~130 KB was a 413 body_too_large however
+    high TURNQ_MAX_ATTACHMENT_BYTES was."""
+    s = Settings(max_attachment_bytes=5_000_000, max_metadata_bytes=10_000)
+    assert default_max_body(s) == 4 * s.max_content_bytes + 5_000_000 + 40_000 + 4096
+    assert default_max_body(Settings()) > Settings().max_attachment_bytes
+
+
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAE="
+# A message each: content (str or parts) and metadata; the schema and shared.validation
+# must agree on every one.
+MESSAGES: list[tuple[object, object]] = [
+    ("hello", None),
+    ("   ", None),
+    ("a\x00b", None),
+    ([{"type": "input_text", "text": "hi"}], {"a": [1, {"b": None}], "c": 1.5}),
+    ([{"type": "input_text", "text": "  "}], None),
+    ([{"type": "input_text", "text": "  "}, {"type": "input_image", "image_url": PNG}], None),
+    ([{"type": "input_text", "text": " "}, {"type": "input_text", "text": "x"}], None),
+    ([{"type": "input_text"}], None),
+    ([{"type": "input_text", "text": "a\x00"}], None),
+    ([{"type": "input_text", "text": "x", "extra": 1}], None),
+    ([{"type": {}, "text": "x"}], None),
+    ([{"type": "input_audio", "text": "x"}], None),
+    (["x"], None),
+    ([], None),
+    ([{"type": "input_text", "text": "x"}] * 32, None),
+    ([{"type": "input_text", "text": "x"}] * 33, None),
+    ([{"type": "input_image", "image_url": "https://e.com/a.png", "detail": "low"}], None),
+    ([{"type": "input_image", "image_url": "https://e.com/a.png", "detail": "max"}], None),
+    ([{"type": "input_image", "image_url": "https://e.com/a b.png"}], None),
+    ([{"type": "input_image", "image_url": "https://"}], None),
+    ([{"type": "input_image", "image_url": "http://e.com/a.png"}], None),
+    ([{"type": "input_image", "image_url": "javascript:alert(1)"}], None),
+    ([{"type": "input_image", "image_url": PNG, "file_id": None, "detail": None}], None),
+    ([{"type": "input_image", "image_url": PNG, "file_id": "f1"}], None),
+    ([{"type": "input_image", "file_id": "file-1"}], None),
+    ([{"type": "input_image", "file_id": "bad id"}], None),
+    ([{"type": "input_image"}], None),
+    ([{"type": "input_image", "image_url": "data:image/PNG;BASE64,iVBO Rw=="}], None),
+    ([{"type": "input_image", "image_url": "data:image/png;base64,abc"}], None),
+    ([{"type": "input_image", "image_url": "data:image/png;base64,QUJ=="}], None),
+    ([{"type": "input_image", "image_url": "data:text/html;base64,PGI+"}], None),
+    ([{"type": "input_image", "image_url": "DATA:image/png;base64,iVBORw=="}], None),
+    ([{"type": "input_file", "file_data": "data:application/pdf;base64,JVBERi0="}], None),
+    ([{"type": "input_file", "file_data": "https://e.com/a.pdf"}], None),
+    ([{"type": "input_file", "file_url": "https://e.com/a.pdf", "filename": "a.pdf"}], None),
+    ([{"type": "input_file", "file_url": "https://e.com/a.pdf", "filename": "../a"}], None),
+    ([{"type": "input_file", "file_url": "file:///etc/passwd"}], None),
+    ([{"type": "input_file", "file_id": "f", "file_url": None, "filename": None}], None),
+    ("hi", {"k": "v\x00"}),
+    ("hi", {"k\x00": 1}),
+    ("hi", [1]),
+    ("hi", {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}),
+    ("hi", {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}),
+    ("hi", {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}),
+    ("hi", {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": []}}}}}}}}),
+]
+
+
+@pytest.fixture(scope="module")
+def turn_schema() -> jsonschema.Draft202012Validator:
+    openapi = create_app(Settings()).openapi()
+    return jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/TurnCreate", "components": openapi["components"]}
+    )
+
+
+@pytest.mark.parametrize(("content", "metadata"), MESSAGES)
+def test_the_published_turn_schema_agrees_with_the_checks(
+    turn_schema: jsonschema.Draft202012Validator, content: object, metadata: object
+) -> None:
+    """What the OpenAPI says a turn may hold is what shared.validation accepts, so a client
+    built from the schema never meets a refusal it could not know about, and nothing the
+    schema forbids gets in (the Schemathesis suite relies on it)."""
+    validator = turn_schema
+    body = {"content": content, "metadata": metadata, "agent": "Assistant"}
+    by_schema = validator.is_valid(body)
+    try:
+        check_message(content, 32768, 8 * 1024 * 1024)
+        check_metadata(metadata, 8192)
+    except InvalidInput:
+        by_checks = False
+    else:
+        by_checks = True
+    assert by_schema == by_checks, (content, metadata)
+    assert not validator.is_valid({**body, "agent": "Somebody"})  # the deployment's names

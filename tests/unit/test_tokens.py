@@ -15,6 +15,7 @@ from shared.models.brain import estimate_tokens as brain_estimate
 from shared.models.offline import OfflineModel
 from shared.store import estimate_tokens as store_estimate
 from shared.tokens import (
+    ATTACHMENT_TOKENS,
     CalibratedEstimator,
     HeuristicEstimator,
     TiktokenEstimator,
@@ -175,3 +176,43 @@ def test_a_locally_available_tiktoken_encoding_is_used(monkeypatch: pytest.Monke
     assert est.count_text("one two three") == 3
     item = {"type": "message", "role": "assistant", "id": "msg_x", "content": "a b"}
     assert est.count_items([item]) == (1 + 2) + 3  # role + text, plus the per-item overhead
+
+
+def test_an_image_or_file_counts_as_a_fixed_estimate_not_its_base64() -> None:
+    """An 8 MiB data URL counted as text would be ~2.8M tokens: the budget would trim away
+    the message it came in.  Every estimate counts it as ATTACHMENT_TOKENS instead."""
+    big = "data:image/png;base64," + "A" * 4 * 1024 * 1024
+    parts = [
+        {"type": "input_text", "text": "what is this?"},
+        {"type": "input_image", "image_url": big},
+        {"type": "input_file", "file_data": big, "filename": "a.pdf"},
+    ]
+    item = {"role": "user", "content": parts}
+    text_only = {"role": "user", "content": [parts[0]]}
+    est = HeuristicEstimator()
+    assert est.count_items([item]) == est.count_items([text_only]) + 2 * ATTACHMENT_TOKENS
+    assert brain_estimate([item]) == brain_estimate([text_only]) + 2 * ATTACHMENT_TOKENS
+    assert store_estimate(item) == store_estimate(text_only) + 2 * ATTACHMENT_TOKENS
+    # In a tool's output too; and text that merely names a part type is text.
+    output = {"type": "function_call_output", "call_id": "c1", "output": [parts[1]]}
+    assert est.count_items([output]) < ATTACHMENT_TOKENS + 50
+    said = {"role": "user", "content": 'a part is {"type": "input_image"}'}
+    assert est.count_items([said]) == est.count_item(said) < 20
+    odd = {"role": "user", "content": [{"type": {"not": "hashable"}}, parts[1]]}
+    assert ATTACHMENT_TOKENS < est.count_items([odd]) < ATTACHMENT_TOKENS + 30  # no error
+
+
+class _Encoding:
+    """tiktoken's interface, one token per word."""
+
+    def encode(self, text: str, disallowed_special: Any = ()) -> list[int]:
+        return [0] * len(text.split())
+
+
+def test_tiktoken_counts_attachments_the_same_way() -> None:
+    est = TiktokenEstimator(_Encoding())
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 10_000}
+    item = {"role": "user", "content": [{"type": "input_text", "text": "a b c"}, image]}
+    assert est.count_items([item]) == est.count_items([{"role": "user", "content": "a b c"}]) + (
+        ATTACHMENT_TOKENS
+    )
