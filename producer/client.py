@@ -243,6 +243,9 @@ class AsyncClient:
             await self._signal_cancel(record.id)
         elif cancelled_now:
             await self._announce(record.id, "cancelled")
+            # A waiting turn held the session's line: the turns queued behind it can run
+            # now, and nobody else would kick them (their own kicks found it waiting).
+            await self._kick(record.session_id)
         return TurnResult.of(record)
 
     async def _signal_cancel(self, turn_id: str) -> None:

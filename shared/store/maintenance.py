@@ -62,7 +62,7 @@ class MaintenanceStore:
              "limit": limit},
         )  # fmt: skip
         expired = max((int(r["expired"]) for r in rows), default=0)
-        return expired, [r["session_id"] for r in rows]
+        return expired, [r["session_id"] for r in rows if r["session_id"] is not None]
 
     async def mark_kicked(self, session_ids: Sequence[str]) -> None:
         if not session_ids:
