@@ -228,9 +228,9 @@ def misbehaving() -> Agent[Any]:
     output guardrail, ``[loop]`` calls ``ping`` forever (max_turns), ``[explode]`` calls a
     tool that raises, ``[wire]`` a tool that needs approval, ``[slow]`` sleeps
     ``TEST_SLOW_S`` (timeout), ``[kill]`` SIGKILLs its worker; anything else answers
-    ``ok: <message>``."""
+    ``ok: <message>``.  ``TEST_AGENT_NAME`` renames it (a deployment that changed)."""
     return Agent(
-        name="misbehaving",
+        name=os.environ.get("TEST_AGENT_NAME", "misbehaving"),
         model=RespondingModel(_misbehave),
         tools=[ping, explode, wire_money],
         input_guardrails=[no_forbidden_topics],
