@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from producer.gateway.keys import create_key
 from shared.errors import ApprovalConflict, ApprovalNotPending, TurnNotFound
 from shared.settings import get_settings
 from shared.status import ErrorCode, TurnStatus
+from tests.support.browser import Browser
 from tests.support.servers import free_port, wait_until
 from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
@@ -632,3 +634,90 @@ def test_a_saved_state_that_cannot_be_loaded_fails_state_unreadable(
     nxt = client.enqueue(session, user, f"still there {uid}")
     assert client.wait(nxt.id, timeout=60).status is TurnStatus.SUCCEEDED
     assert f"corrupt {uid}" not in json.dumps(client.history(session, user))
+
+
+# --- the reviewer page (/review) in headless Chromium --------------------------------
+
+
+def test_review_page_is_plain_files_behind_a_strict_policy(desk: Desk) -> None:
+    page = httpx.get(f"{desk.gateway.url}/review", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    for rule in ("default-src 'none'", "script-src 'self'", "connect-src 'self'",
+                 "form-action 'none'", "frame-ancestors 'none'"):  # fmt: skip
+        assert rule in csp, csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN, nothing remote
+    for asset, kind in (("review.js", "text/javascript"), ("review.css", "text/css")):
+        r = httpx.get(f"{desk.gateway.url}/review/{asset}", timeout=10)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), asset
+        assert r.headers["content-security-policy"] == csp
+    script = httpx.get(f"{desk.gateway.url}/review/review.js", timeout=10).text
+    for sink in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink
+    # Not part of the API's schema (schemathesis fuzzes what is).
+    paths = httpx.get(f"{desk.gateway.url}/openapi.json", timeout=10).json()["paths"]
+    assert not [p for p in paths if p.startswith("/review")]
+
+
+def test_review_page_approve_and_reject_in_a_real_browser(
+    desk: Desk, client: Client, uid: str, tmp_path: Path
+) -> None:
+    """A reviewer signs in with an approver key, sees other users' pending calls (with the
+    user's message, shown as text even when it looks like HTML), approves one and rejects
+    another with a reason; both turns then finish through the real worker."""
+    hostile = f'<img src=x onerror="window.pwned=1"><b>bold</b> {uid}'
+    first, [charge] = waiting(client, f"page-{uid}", f"alice-{uid}", f"[one] {hostile}")
+    second, [other] = waiting(client, f"page2-{uid}", f"bob-{uid}", f"[one] second {uid}")
+    reviewer = f"reviewer-{uid}"
+    key = create_key(desk.database_url, reviewer, "review page", ["approver"])
+    row = f"tr[data-turn='{first.id}']"
+    row2 = f"tr[data-turn='{second.id}']"
+    with Browser(tmp_path) as page:
+        page.goto(f"{desk.gateway.url}/review")
+        assert page.evaluate("document.querySelector('#login').hidden") is False
+        page.type_into("#key", key)
+        page.click("#signin")
+        page.wait_for(f"document.querySelector({json.dumps(row2)}) !== null")
+
+        shot = page.screenshot(tmp_path / "review-pending.png")
+        assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">II", shot[16:24]) == (1400, 900)
+        assert len(shot) > 20_000, f"{len(shot)} bytes: an empty page?"
+        text = page.evaluate(f"document.querySelector({json.dumps(row)}).innerText")
+        for part in (f"alice-{uid}", f"page-{uid}", "charge", "agent gated", hostile,
+                     f'"order": "{uid}"', "s ago", "Approve", "Reject"):  # fmt: skip
+            assert part in text, (part, text)
+        # The user's text is text: no element was made of it, nothing of it ran.
+        made = json.dumps(f"{row} img, {row} b")
+        assert page.evaluate(f"document.querySelectorAll({made}).length") == 0
+        assert page.evaluate("window.pwned === undefined") is True
+        # The key is in this tab's session storage only: not in the URL, nor anywhere else.
+        assert key not in page.evaluate("location.href")
+        assert page.evaluate(f"sessionStorage.getItem('turnq.review.key') === {json.dumps(key)}")
+        assert page.evaluate("localStorage.length + document.cookie.length") == 0
+
+        page.click(f"{row} button.approve")
+        done = client.wait(first.id, timeout=60)
+        assert done.status is TurnStatus.SUCCEEDED and "charged order" in (done.output or "")
+        page.type_into(f"{row2} input.reason", "not today")
+        page.click(f"{row2} button.reject")
+        rejected = client.wait(second.id, timeout=60)
+        assert rejected.output and "the user rejected this tool call: not today" in rejected.output
+        # Live refresh: both rows leave the list on the next poll.
+        page.wait_for(
+            f"document.querySelector({json.dumps(row)}) === null"
+            f" && document.querySelector({json.dumps(row2)}) === null",
+            timeout=10,
+        )
+        assert not [line for line in page.console if line.startswith("exception")], page.console
+    records = {
+        a["turn_id"]: (a["decision"], a["decided_by"], a["message"])
+        for a in client.approvals(reviewer, approver=True, pending_only=False, limit=200)[0]
+    }
+    assert records[first.id] == ("approved", reviewer, None)
+    assert records[second.id] == ("rejected", reviewer, "not today")
+    assert (desk.runs(first.id), desk.runs(second.id)) == (1, 0)
+    assert charge["call_id"] != other["call_id"]
+    print(f"screenshot: {tmp_path / 'review-pending.png'}")
