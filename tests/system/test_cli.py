@@ -143,6 +143,8 @@ def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
             timeout=10,
         )
         assert listing.status_code == 200, listing.text
+        review = re.search(r"Approvals:\s+(http://\S+/review)", printed)
+        assert review and httpx.get(review.group(1), timeout=10).status_code == 200
         _check_flower(printed, taken)
     finally:
         _stop_dev_and_check(dev, tmp_path, signal.SIGINT)
