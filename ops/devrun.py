@@ -177,6 +177,7 @@ class DevRun:
             self.console.print(f"Flower:      {self.flower.url}   {login}")
         if self.gateway_url and self.dev_key:
             self.console.print(f"HTTP API:    {self.gateway_url}   (docs: {self.gateway_url}/docs)")
+            self.console.print(f"Approvals:   {self.gateway_url}/review   (sign in with a key)")
             self.console.print(f"dev API key (user dev, shown once): [bold]{self.dev_key}[/bold]")
             self.console.print(
                 f"  curl -H 'Authorization: Bearer {self.dev_key}' {self.gateway_url}/v1/sessions"

@@ -27,6 +27,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from producer.cli_approvals import (
+    answered_direct,
+    answered_http,
+    left_waiting,
+    pending_approvals,
+    print_pending_approvals,
+)
 from shared.errors import TurnqError
 from shared.settings import get_settings
 
@@ -280,7 +287,8 @@ def sessions_show(
     session: Annotated[str, typer.Argument(help="session id")],
     user: Annotated[str, typer.Option("--user", "-u", help="the owner's user id")],
 ) -> None:
-    """Context tokens vs transcript size, the summary, the compaction mark, recent compactions."""
+    """Context tokens vs transcript size, the summary, the compaction mark, recent
+    compactions, and the tool calls waiting for approval."""
     from rich.table import Table
 
     from producer.client import Client
@@ -289,6 +297,7 @@ def sessions_show(
     with Client.from_settings() as client:
         s = client.session(session, user)
         compactions = client.compactions(session, user)
+        pending = pending_approvals(client, user, session)
     policy = policy_from_settings(get_settings())
     console.print(f"[bold]session {s.key}[/bold] (user {s.user_id}) · id {s.id}")
     console.print(
@@ -330,6 +339,7 @@ def sessions_show(
                 (c["error"] or "")[:60],
             )
         console.print(table)
+    print_pending_approvals(pending)
 
 
 @app.command()
@@ -351,7 +361,8 @@ def chat(
         ),
     ] = None,
 ) -> None:
-    """Talk to the agent through the queue. /history shows the transcript, /quit leaves."""
+    """Talk to the agent through the queue. /history shows the transcript, /quit leaves.
+    When a tool needs approval, you are asked (approve? [y/n]) and the turn goes on."""
     if url is not None:
         if not key:
             raise typer.BadParameter(
@@ -380,16 +391,19 @@ def chat(
                 _print_history(client, session, user)
                 continue
             try:
-                with console.status("queued…"):
-                    turn = client.enqueue(session, user, line)
-                    done = client.wait(turn.id, timeout=timeout)
+                done = answered_direct(
+                    client, client.enqueue(session, user, line).id, user, timeout
+                )
             except TurnqError as exc:
-                err.print(f"[red]{exc}[/red]")
+                err.print(f"[red]{escape(str(exc))}[/red]")
                 continue
             if done.status is TurnStatus.SUCCEEDED:
                 console.print(f"[bold]agent>[/bold] {escape(done.output or '')}")
+            elif done.status is TurnStatus.WAITING:
+                left_waiting(done.id)
+                break
             else:
-                console.print(f"[red]turn {done.status.value}: {done.error}[/red]")
+                console.print(f"[red]turn {done.status.value}: {escape(done.error or '')}[/red]")
     finally:
         client.close()
 
@@ -413,18 +427,19 @@ def _chat_http(session: str, url: str, key: str, timeout: float) -> None:
                 if line.strip() == "/history":
                     _print_items(api.items(session))
                     continue
-                with console.status("queued…"):
-                    turn = api.send(session, line)
-                    done = api.wait(turn["turn_id"], timeout=timeout)
+                done = answered_http(api, api.send(session, line)["turn_id"], timeout)
             except GatewayError as exc:
-                err.print(f"[red]{exc}[/red]")
+                err.print(f"[red]{escape(str(exc))}[/red]")
                 continue
             if done["status"] == "succeeded":
                 console.print(f"[bold]agent>[/bold] {escape(str(done['output']))}")
+            elif done["status"] == "waiting":
+                left_waiting(done["turn_id"])
+                break
             elif not done["terminal"]:
                 console.print(f"[red]no answer after {timeout:g}s (turn {done['status']})[/red]")
             else:
-                console.print(f"[red]turn {done['status']}: {done['error']}[/red]")
+                console.print(f"[red]turn {done['status']}: {escape(str(done['error']))}[/red]")
 
 
 def _print_history(client: object, session: str, user: str) -> None:
@@ -442,6 +457,8 @@ def _print_items(items: list[dict[str, Any]]) -> None:
             text = " ".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
         if item.get("type") == "function_call":
             text = f"{item.get('name')}({item.get('arguments')})"
+            if item.get("approval") == "pending":
+                text += "  [waits for approval]"
         elif item.get("type") == "function_call_output":
             text = item.get("output")
         console.print(f"[dim]{role}:[/dim] {escape(str(text))}")

@@ -140,9 +140,9 @@ def _s(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _terminal_event(fields: dict[Any, Any]) -> bool:
+def _terminal_event(fields: dict[Any, Any], also: frozenset[str] = frozenset()) -> bool:
     event = {_s(k): _s(v) for k, v in fields.items()}
-    return event.get("type") == "status" and event.get("status") in _TERMINAL
+    return event.get("type") == "status" and event.get("status") in _TERMINAL | also
 
 
 class AsyncClient:
@@ -243,6 +243,9 @@ class AsyncClient:
             await self._signal_cancel(record.id)
         elif cancelled_now:
             await self._announce(record.id, "cancelled")
+            # A waiting turn held the session's line: the turns queued behind it can run
+            # now, and nobody else would kick them (their own kicks found it waiting).
+            await self._kick(record.session_id)
         return TurnResult.of(record)
 
     async def _signal_cancel(self, turn_id: str) -> None:
@@ -285,8 +288,12 @@ class AsyncClient:
         turn_id: str,
         timeout: float = 60.0,  # noqa: ASYNC109 - the documented client API takes a timeout
         user_id: str | None = None,
+        *,
+        until_paused: bool = False,
     ) -> TurnResult:
         """Block until the turn is terminal; woken by the worker's event, checked in Postgres.
+        ``until_paused``: also return when it waits for approvals (``waiting``; decide, then
+        wait again).
 
         Postgres is read first, then whenever a terminal status event arrives or the
         stream has been quiet for a second (a lost event never loses the answer).
@@ -294,9 +301,10 @@ class AsyncClient:
         deadline = time.monotonic() + timeout
         key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
         last_id = "0-0"
+        also = frozenset({TurnStatus.WAITING.value}) if until_paused else frozenset()
         while True:
             result = await self.get_turn(turn_id, user_id)
-            if result.terminal:
+            if result.terminal or result.status.value in also:
                 return result
             while True:
                 remaining = deadline - time.monotonic()
@@ -315,7 +323,7 @@ class AsyncClient:
                 if not entries:
                     break  # quiet: check Postgres
                 last_id = entries[-1][0]
-                if any(_terminal_event(fields) for _id, fields in entries):
+                if any(_terminal_event(fields, also) for _id, fields in entries):
                     break
 
     async def session(self, session_id: str, user_id: str) -> SessionRecord:
@@ -583,8 +591,17 @@ class Client:
     def get_turn(self, turn_id: str, user_id: str | None = None) -> TurnResult:
         return self._portal.run(self._inner.get_turn(turn_id, user_id))
 
-    def wait(self, turn_id: str, timeout: float = 60.0, user_id: str | None = None) -> TurnResult:
-        return self._portal.run(self._inner.wait(turn_id, timeout, user_id))
+    def wait(
+        self,
+        turn_id: str,
+        timeout: float = 60.0,
+        user_id: str | None = None,
+        *,
+        until_paused: bool = False,
+    ) -> TurnResult:
+        return self._portal.run(
+            self._inner.wait(turn_id, timeout, user_id, until_paused=until_paused)
+        )
 
     def session(self, session_id: str, user_id: str) -> SessionRecord:
         return self._portal.run(self._inner.session(session_id, user_id))

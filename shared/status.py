@@ -109,8 +109,9 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.GUARDRAIL: "an input, output or tool guardrail tripped",
     ErrorCode.MAX_TURNS: "the agent made more model calls than TURNQ_MAX_TURNS allows",
     ErrorCode.AGENT_ERROR: "the agent's own code (a tool, a hook, instructions, output "
-    "parsing) raised, or a tool needs an approval (turns cannot pause for one yet)",
+    "parsing) raised",
     ErrorCode.WORKER_LOST: "the worker running the turn vanished (crash, OOM, kill) "
     "TURNQ_MAX_ATTEMPTS times",
-    ErrorCode.STATE_UNREADABLE: "the turn's saved run state could not be loaded",
+    ErrorCode.STATE_UNREADABLE: "a paused turn's saved run state could not be loaded when "
+    "it resumed (its agent renamed or gone, another Agents SDK version, a damaged row)",
 }

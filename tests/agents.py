@@ -251,9 +251,9 @@ def misbehaving() -> Agent[Any]:
     output guardrail, ``[loop]`` calls ``ping`` forever (max_turns), ``[explode]`` calls a
     tool that raises, ``[wire]`` a tool that needs approval, ``[slow]`` sleeps
     ``TEST_SLOW_S`` (timeout), ``[kill]`` SIGKILLs its worker; anything else answers
-    ``ok: <message>``."""
+    ``ok: <message>``.  ``TEST_AGENT_NAME`` renames it (a deployment that changed)."""
     return Agent(
-        name="misbehaving",
+        name=os.environ.get("TEST_AGENT_NAME", "misbehaving"),
         model=RespondingModel(_misbehave),
         tools=[ping, explode, wire_money],
         input_guardrails=[no_forbidden_topics],
@@ -605,3 +605,95 @@ def routed() -> Agent[Any]:
     billing = Agent[Any](name="Billing", instructions="You handle billing.")
     refunds = Agent[Any](name="Refunds", instructions="You handle refunds.", model=REFUNDS_MODEL)
     return Agent(name="Router", model=Replying(_router), handoffs=[billing, refunds])
+
+
+# --- human approvals (tests/system/test_approvals.py) ---------------------------------
+
+# Per agent (the agent module's setting, read by the beat reaper): "expiring"'s calls time
+# out after 2 s; every other agent keeps the deployment's TURNQ_APPROVAL_TTL_S.
+TURNQ_APPROVAL_TTL_S = {"expiring": 2}
+
+
+def _since_user(items: Any) -> list[dict[str, Any]]:
+    """The items after the last user message (what this turn did so far)."""
+    if isinstance(items, str):
+        return []
+    tail: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, dict) and item.get("role") == "user":
+            tail = []
+        elif isinstance(item, dict):
+            tail.append(item)
+    return tail
+
+
+def log_input(text: str, items: Any) -> None:
+    """One line per model call (its message and the whole input, JSON) in
+    ``TEST_INPUT_LOG``, if set: a test reads what the model was shown, across processes."""
+    path = os.environ.get("TEST_INPUT_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"text": text, "input": items}, default=str) + "\n")
+
+
+def _gated_call(tool: str, text: str) -> Any:
+    return function_call(tool, {"order": text[-8:]}, call_id=f"call_{uuid.uuid4().hex}")
+
+
+async def _gate(call: ModelCall) -> ModelStepResult:
+    """``[two]``: charge and ship in one response (two approvals); ``[one]``: charge;
+    ``[twice]``: charge, then (once it ran or was refused) ship -- a second pause.  When
+    the calls are answered: ``done: <message> | <each tool output>``.  Anything else:
+    ``ok: <message> [ctx=<items it saw>]``."""
+    text = _last_user_text(call.input)
+    log_input(text, call.input)
+    outputs = [
+        str(i.get("output"))
+        for i in _since_user(call.input)
+        if i.get("type") == "function_call_output"
+    ]
+    if "[two]" in text and not outputs:
+        return [_gated_call("charge", text), _gated_call("ship", text)]
+    if ("[one]" in text or "[twice]" in text) and not outputs:
+        return [_gated_call("charge", text)]
+    if "[twice]" in text and len(outputs) == 1:
+        return [_gated_call("ship", text)]
+    item_id = f"msg_{uuid.uuid4().hex}"
+    if outputs:
+        return [assistant_message(f"done: {text} | {' | '.join(outputs)}", item_id=item_id)]
+    n = 1 if isinstance(call.input, str) else len(call.input)
+    return [assistant_message(f"ok: {text} [ctx={n}]", item_id=item_id)]
+
+
+def side_effect(tool: str, ctx: RunContextWrapper[Any]) -> None:
+    """What a gated tool did, one JSON line per run in ``TEST_SIDE_EFFECTS`` (an O_APPEND
+    write: lines of concurrent runs never interleave), so a test counts runs across
+    processes."""
+    path = os.environ.get("TEST_SIDE_EFFECTS")
+    if path:
+        line = json.dumps({"tool": tool, "turn_id": getattr(ctx.context, "turn_id", None)})
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+
+
+@function_tool(needs_approval=True)
+def charge(ctx: RunContextWrapper[Any], order: str) -> str:
+    """Charges the customer's card for the order; a person approves it first."""
+    side_effect("charge", ctx)
+    return f"charged order {order}"
+
+
+@function_tool(needs_approval=True)
+def ship(ctx: RunContextWrapper[Any], order: str) -> str:
+    """Ships the order; a person approves it first."""
+    side_effect("ship", ctx)
+    return f"shipped order {order}"
+
+
+def approvals() -> dict[str, Agent[Any]]:
+    """Two entry agents with the same approval-gated tools: ``gated`` (the default; the
+    deployment's approval TTL) and ``expiring`` (2 s: ``TURNQ_APPROVAL_TTL_S`` above)."""
+    return {
+        name: Agent(name=name, model=RespondingModel(_gate), tools=[charge, ship])
+        for name in ("gated", "expiring")
+    }

@@ -1,4 +1,4 @@
-"""Run one claimed turn's agent and say how it ended: ``Finished`` or ``Failed``.
+"""Run one claimed turn's agent and say how it ended: ``Finished``, ``Paused`` or ``Failed``.
 
     outcome = await execute(rt, turn, context, outbox)
 
@@ -11,8 +11,10 @@ exception leaves a turn ``running`` for the reaper to re-run (I12).
   per call in ``workers/models.py``; nothing is retried here)
 * ``TURNQ_TURN_TIMEOUT_S`` passed: ``timeout``
 * a guardrail tripped: ``guardrail``; too many model calls: ``max_turns``
-* anything the agent's own code raised: ``agent_error``; also a run that stopped
-  because a tool needs approval (until turns can pause for a human)
+* anything the agent's own code raised: ``agent_error``
+* a resumed turn whose saved run state cannot be loaded: ``state_unreadable``
+
+A run that stops because tools need a person's approval is ``Paused``, no failure.
 """
 
 from __future__ import annotations

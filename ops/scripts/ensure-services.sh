@@ -16,9 +16,9 @@ if ! redis_up && command -v redis-server >/dev/null 2>&1; then
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
         --dir /var/lib/redis --logfile /var/log/redis/ci.log
 fi
-# Headless Chromium for the Flower page test (Debian package; needs root + the package mirror).
+# Headless Chromium for the Flower and /review page tests (Debian package; needs root + the package mirror).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium (Flower page test)"
+    echo "installing chromium (Flower and review page tests)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
         || echo "warning: could not install chromium" >&2
 fi

@@ -34,6 +34,7 @@ from producer.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from producer.gateway.models import DependencyState as Dep
 from producer.gateway.models import Health
 from producer.gateway.ratelimit import RateLimiter
+from producer.gateway.review import add_review_routes
 from producer.gateway.routes import build_router
 from producer.gateway.schemas import patch_turn_create
 from producer.gateway.state import Gateway, gateway_of
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(build_router(settings))
     _add_operational_routes(app)
+    add_review_routes(app)
     _add_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,

@@ -3,6 +3,7 @@
     with GatewayClient("http://127.0.0.1:8000", key) as api:
         turn = api.send("support-42", "What is the weather in Austin?")
         done = api.wait(turn["turn_id"], timeout=60)     # long-polls GET /v1/turns/{id}?wait=
+        api.decide(turn_id, [(call_id, True, None)])      # a paused turn's tool call
         items = api.items("support-42")                   # the whole transcript
 
 Errors are ``GatewayError`` carrying the problem body (``.status``, ``.code``, ``.detail``).
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 LONG_POLL_S = 30.0
+PAUSE_POLL_S = 1.0  # how often a wait that stops at a pause looks (long-polls stop at the end)
 
 
 class GatewayError(Exception):
@@ -83,14 +85,31 @@ class GatewayClient:
         result: dict[str, Any] = self._call("GET", f"/v1/turns/{turn_id}", params=params)
         return result
 
-    def wait(self, turn_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Long-poll until the turn is terminal or ``timeout`` passes (returns it either way)."""
+    def wait(
+        self, turn_id: str, timeout: float = 60.0, *, until_paused: bool = False
+    ) -> dict[str, Any]:
+        """Long-poll until the turn is terminal or ``timeout`` passes (returns it either way).
+        ``until_paused``: also return when it waits for approvals (``status`` "waiting"); the
+        long-poll answers only for terminal turns, so this polls every ``PAUSE_POLL_S``."""
         deadline = time.monotonic() + timeout
+        window = PAUSE_POLL_S if until_paused else LONG_POLL_S
         while True:
             remaining = deadline - time.monotonic()
-            turn = self.turn(turn_id, wait=max(0.0, min(remaining, LONG_POLL_S)))
-            if turn.get("terminal") or remaining <= 0:
+            turn = self.turn(turn_id, wait=max(0.0, min(remaining, window)))
+            paused = until_paused and turn.get("status") == "waiting"
+            if turn.get("terminal") or paused or remaining <= 0:
                 return turn
+
+    def decide(self, turn_id: str, decisions: list[tuple[str, bool, str | None]]) -> dict[str, Any]:
+        """Approve or reject a waiting turn's tool calls: (call id, approve, message)."""
+        body = {
+            "decisions": [
+                {"call_id": c, "approve": a, **({"message": m} if m else {})}
+                for c, a, m in decisions
+            ]
+        }
+        result: dict[str, Any] = self._call("POST", f"/v1/turns/{turn_id}/approvals", json=body)
+        return result
 
     def items(self, session_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

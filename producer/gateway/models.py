@@ -16,6 +16,7 @@ from shared.store import SessionRecord
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$"
 # Not blank and no NUL (shared.validation.check_content; its byte limit answers 413).
 CONTENT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+NO_NUL_PATTERN = r"^[^\x00]*$"  # free text: anything but NUL (checked again by the server)
 MAX_ID = 512  # the schema's bound; the deployment's max_id_length is patched in by app.py
 
 
@@ -70,12 +71,18 @@ class TurnCreate(BaseModel):
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    call_id: str = Field(min_length=1, max_length=256, description="the tool call's call_id")
+    call_id: str = Field(
+        min_length=1,
+        max_length=256,
+        description="the tool call's call_id",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
     approve: bool = Field(description="true: the tool runs; false: it does not")
     message: str | None = Field(
         default=None,
         max_length=4000,
         description="on a rejection, what the model is told (it sees it as the call's output)",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
     )
 
 

@@ -178,6 +178,8 @@ def from_turnq_error(exc: TurnqError) -> ApiProblem:
         )
     if isinstance(exc, TurnNotFound):
         return turn_not_found()
+    if isinstance(exc, ApprovalNotFound):  # a NotFound too: before the session's 404
+        return ApiProblem(404, exc.code, "Approval not found", str(exc))
     if isinstance(exc, NotFound):
         return session_not_found()
     if isinstance(exc, SessionBusy):
@@ -202,8 +204,6 @@ def from_turnq_error(exc: TurnqError) -> ApiProblem:
         status = exc.recorded if isinstance(exc, ApprovalConflict) else exc.status
         title = "Already decided" if isinstance(exc, ApprovalConflict) else "Not pending"
         return ApiProblem(409, exc.code, title, str(exc), turn_id=exc.turn_id, turn_status=status)
-    if isinstance(exc, ApprovalNotFound):
-        return ApiProblem(404, exc.code, "Approval not found", str(exc))
     if isinstance(exc, AgentConflict):
         return ApiProblem(
             409,

@@ -43,6 +43,7 @@ FILES = (
     "complete.sql",
     "fail.sql",
     "left.sql",
+    "close_waiting.sql",
     "cancel.sql",
     "stop_pending.sql",
     "pause.sql",

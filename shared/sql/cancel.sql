@@ -2,7 +2,8 @@
 --
 -- A user's cancel request, decided under the turn's row lock:
 --   cancelled   queued or waiting: cancelled now (cancel), by this call; a waiting
---               turn's pending approvals are closed (``cancelled``)
+--               turn's pending approvals are closed (``cancelled``) and, under interrupt,
+--               what it finished is kept (turnq_close_waiting)
 --   requested   running: ``cancel_mode`` recorded; its holder stops at the next safe
 --               point and commits it ``cancelled`` (turnq_complete / turnq_fail)
 --   already     it was cancelled before
@@ -16,6 +17,11 @@ DECLARE
     v_status text;
     v_outcome text;
 BEGIN
+    -- The session row first, then the turn's: the order of every writer (turnq_hold, an
+    -- enqueue's turnq_stop_pending), so closing a waiting turn cannot deadlock with them.
+    PERFORM 1 FROM sessions s JOIN turns t ON t.session_id = s.id
+    WHERE t.id = p_tid AND s.user_id = p_user AND s.namespace = p_ns
+    FOR UPDATE OF s;
     SELECT t.status INTO v_status FROM turns t JOIN sessions s ON s.id = t.session_id
     WHERE t.id = p_tid AND s.user_id = p_user AND s.namespace = p_ns
     FOR UPDATE OF t;
@@ -32,14 +38,14 @@ BEGIN
         WHERE t.id = p_tid;
         v_outcome := 'requested';
     ELSE
+        PERFORM turnq_close_waiting(p_tid, p_mode, 'turnq:cancel');
         UPDATE turns t SET status = {{to:cancel}}, finished_at = now(),
-            error = 'cancelled before it ran', cancel_mode = p_mode,
-            cancel_requested_at = now()
+            error = CASE WHEN v_status = {{status:waiting}}
+                         THEN 'cancelled while waiting for an approval'
+                         ELSE 'cancelled before it ran' END,
+            cancel_mode = p_mode, cancel_requested_at = now()
         WHERE t.id = p_tid AND t.status IN {{from:cancel}};
         v_outcome := CASE WHEN FOUND THEN 'cancelled' ELSE 'lost_race' END;
-        UPDATE approvals a SET decision = 'cancelled', decided_by = 'turnq:cancel',
-            decided_at = now()
-        WHERE a.turn_id = p_tid AND a.decision IS NULL;
         IF p_mode = 'rollback' THEN
             UPDATE turn_steps j SET rolled_back = true WHERE j.turn_id = p_tid;
         END IF;

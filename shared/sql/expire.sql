@@ -1,5 +1,6 @@
 -- turnq_expire_approvals(namespace, default ttl s, per-agent ttl {agent: s}, limit)
---   -> ids of sessions whose turn resumed
+--   -> (id of a session whose turn resumed, approvals expired by this call): one row per
+--      resumed session, or one with a NULL session when none resumed; no row: none expired
 --
 -- Beat: approvals nobody decided within their TTL are rejected as ``expired`` with a
 -- message the model sees ("approval timed out"), oldest first, at most ``limit`` per run;
@@ -13,6 +14,7 @@ LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
     v_turns uuid[];
+    v_count integer;
 BEGIN
     WITH due AS (
         SELECT a.turn_id, a.call_id FROM approvals a
@@ -28,8 +30,8 @@ BEGIN
         FROM due WHERE a.turn_id = due.turn_id AND a.call_id = due.call_id
         RETURNING a.turn_id
     )
-    SELECT array_agg(DISTINCT done.turn_id) INTO v_turns FROM done;
-    IF v_turns IS NULL THEN
+    SELECT array_agg(DISTINCT done.turn_id), count(*) INTO v_turns, v_count FROM done;
+    IF v_count = 0 THEN
         RETURN;
     END IF;
     RETURN QUERY
@@ -40,6 +42,8 @@ BEGIN
                           AND a.decision IS NULL)
         RETURNING t.session_id
     )
-    SELECT r.session_id::text, cardinality(v_turns) FROM ready r;
+    SELECT r.session_id::text, v_count FROM ready r
+    UNION ALL
+    SELECT NULL, v_count WHERE NOT EXISTS (SELECT 1 FROM ready);
 END
 $fn$;

@@ -74,7 +74,7 @@ class MaintenanceStore:
              "limit": limit},
         )  # fmt: skip
         expired = max((int(r["expired"]) for r in rows), default=0)
-        return expired, [r["session_id"] for r in rows]
+        return expired, [r["session_id"] for r in rows if r["session_id"] is not None]
 
     async def expire_journal(self, age_s: float, limit: int) -> int:
         """Delete the step journal of turns finished over ``age_s`` ago (one bounded batch)."""

@@ -104,9 +104,14 @@ def _decode_approval_cursor(cursor: str) -> tuple[datetime, str, str]:
             raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, tid, cid = json.loads(raw)
-        if not isinstance(cid, str) or len(cid) > 512:
+        # Postgres text holds no NUL (and no lone surrogate): refuse them here, not as a 500.
+        if not isinstance(cid, str) or len(cid) > 512 or "\x00" in cid:
             raise ValueError("call id")
-        return datetime.fromisoformat(stamp), str(uuid.UUID(str(tid))), cid
+        cid.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when, str(uuid.UUID(str(tid))), cid
     except (ValueError, TypeError) as exc:
         raise InvalidInput("cursor", "is not a cursor this API returned") from exc
 

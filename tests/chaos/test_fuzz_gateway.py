@@ -14,6 +14,7 @@ unchanged and still takes turns.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -369,10 +370,17 @@ def test_hostile_paths_and_queries(target: Target) -> None:
         ("GET", b"/v1/sessions/%s/items"),
         ("DELETE", b"/v1/sessions/%s"),
         ("POST", b"/v1/sessions/%s/turns"),
+        ("POST", b"/v1/turns/%s/approvals"),
     ]
     for method, template in routes:
         for segment in segments:
-            body = b'{"content": "hello"}' if template.endswith(b"turns") else b""
+            body = (
+                b'{"content": "hello"}'
+                if template.endswith(b"turns")
+                else APPROVE
+                if template.endswith(b"approvals")
+                else b""
+            )
             answer = call(target, method, template % segment, body=body)
             assert answer.status in (404, 405, 413, 414, 422) or answer.unparseable, (
                 template % segment,
@@ -391,12 +399,99 @@ def test_hostile_paths_and_queries(target: Target) -> None:
     for query in queries:
         for path in (
             b"/v1/sessions",
+            b"/v1/approvals",
             b"/v1/sessions/" + sid.encode() + b"/items",
             b"/v1/turns/" + tid.encode(),
             b"/v1/turns/" + tid.encode() + b"/events",
         ):
             call(target, "GET", path + b"?" + query)
-    print(f"paths and queries: {len(routes) * len(segments) + len(queries) * 4} requests")
+    for query in (b"status=%00", b"status=all&status=pending", b"status=" + b"x" * 5000,
+                  b"status=PENDING", b"limit=0", b"limit=201", b"cursor="):  # fmt: skip
+        call(target, "GET", b"/v1/approvals?" + query)
+    print(f"paths and queries: {len(routes) * len(segments) + len(queries) * 5} requests")
+
+
+# ====================================================================== approvals
+APPROVE = b'{"decisions": [{"call_id": "call_1", "approve": true}]}'
+
+
+def test_hostile_approval_decisions(target: Target, uid: str) -> None:
+    """Decisions with hostile call ids, messages and values, on a real turn of the victim's
+    (which asked about nothing: 404 approval_not_found) and on unknown ones (404)."""
+    outcomes: dict[str, int] = {}
+    turn = target.turn_ids[0]
+
+    @fuzz_settings(EXAMPLES)
+    @given(
+        call_id=hostile_id(),
+        message=st.one_of(st.none(), hostile_content()),
+        approve=st.one_of(st.booleans(), st.sampled_from([0, 1, "yes", None, [], {}, 1e999])),
+        extra=st.one_of(st.none(), hostile_id()),
+        repeat=st.integers(1, 3),
+        escape=st.booleans(),
+    )
+    def one(
+        call_id: str, message: str | None, approve: Any, extra: str | None, repeat: int,
+        escape: bool,
+    ) -> None:  # fmt: skip
+        decision: dict[str, Any] = {"call_id": call_id, "approve": approve, "message": message}
+        if extra is not None:
+            decision[extra] = extra
+        body = {"decisions": [decision] * repeat}
+        encoded = json.dumps(body, ensure_ascii=escape).encode("utf-8", "surrogatepass")
+        answer = call(target, "POST", f"/v1/turns/{turn}/approvals".encode(), body=encoded)
+        outcome = str(answer.status)
+        if answer.status >= 400:
+            outcome += " unparseable" if answer.unparseable else " " + answer.json()["code"]
+        event(outcome)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        assert answer.status in (400, 404, 413, 422), answer
+        if answer.status == 404:
+            assert answer.json()["code"] == "approval_not_found"
+
+    one()
+    print(f"approval fuzz: {EXAMPLES} cases, outcomes {sorted(outcomes.items())}")
+    assert outcomes.get("404 approval_not_found", 0) >= 10, outcomes
+    for tid in (uuid.uuid4(), uuid.UUID(int=0)):
+        answer = call(target, "POST", f"/v1/turns/{tid}/approvals".encode(), body=APPROVE)
+        assert (answer.status, answer.json()["code"]) == (404, "turn_not_found")
+    many = b",".join([b'{"call_id": "c", "approve": true}'] * 65)
+    for body in (b"{}", b'{"decisions": []}', b'{"decisions": {}}', b'{"decisions": [1]}',
+                 b'{"decisions": ' + _nested(10_000) + b"}",
+                 b'{"decisions": [' + many + b"]}"):  # fmt: skip
+        answer = call(target, "POST", f"/v1/turns/{turn}/approvals".encode(), body=body)
+        assert answer.status in (400, 422), (body[:60], answer)
+
+
+def _cursor(*parts: Any) -> bytes:
+    raw = json.dumps(list(parts)).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+def test_forged_approval_cursors(target: Target) -> None:
+    """Cursors this API never issued, built to reach the SQL: a 422, never a 500."""
+    tid = str(uuid.uuid4())
+    stamp = "2026-01-01T00:00:00+00:00"
+    forged = [
+        _cursor(stamp, tid, "call\x00id"),
+        _cursor(stamp, tid, "\ud800"),
+        _cursor(stamp, tid, "c" * 600),
+        _cursor(stamp, tid, ["c"]),
+        _cursor(stamp, "not-a-uuid", "c"),
+        _cursor(stamp, tid),
+        _cursor("2026-01-01T00:00:00", tid, "c"),  # no time zone
+        _cursor("0001-01-01T00:00:00+14:00", tid, "c"),
+        _cursor("9999-12-31T23:59:59.999999-14:00", tid, "c"),
+        _cursor(["2026"], tid, "c"),
+        _cursor(1, 2, 3, 4),
+        base64.urlsafe_b64encode(b"\xff\xfe not json"),
+    ]
+    statuses = []
+    for cursor in forged:
+        answer = call(target, "GET", b"/v1/approvals?status=all&cursor=" + cursor)
+        statuses.append(answer.status)
+        assert answer.status in (200, 422), (base64.urlsafe_b64decode(cursor + b"=="), answer)
+    print(f"forged approval cursors: {statuses}")
 
 
 # ====================================================================== headers

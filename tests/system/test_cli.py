@@ -13,12 +13,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from ops.processes import ROOT, ManagedProcess
+from producer import Client
+from producer.gateway.keys import create_key
+from tests.system.test_gateway_support import GatewayProcess
 
 pytestmark = pytest.mark.system
 
@@ -139,6 +143,8 @@ def test_dev_then_chat_through_the_queue_then_ctrl_c(tmp_path: Path) -> None:
             timeout=10,
         )
         assert listing.status_code == 200, listing.text
+        review = re.search(r"Approvals:\s+(http://\S+/review)", printed)
+        assert review and httpx.get(review.group(1), timeout=10).status_code == 200
         _check_flower(printed, taken)
     finally:
         _stop_dev_and_check(dev, tmp_path, signal.SIGINT)
@@ -193,3 +199,75 @@ def test_worker_command_validates_queues() -> None:
     )  # fmt: skip
     assert out.returncode != 0
     assert "bogus" in out.stdout + out.stderr
+
+
+# --- approvals: `turnq chat` asks, `turnq sessions show` lists ------------------------
+
+DEMO = {"TURNQ_AGENT": "shared.demo_agent:build_agent"}
+REFUND = "I have a billing question: can I get a refund?"
+
+
+def _chat(env: dict[str, str], *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TURNQ, "chat", *args], input=stdin, env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_chat_asks_before_a_tool_runs(
+    stack_env: dict[str, str], start_worker: Any, client: Client, uid: str
+) -> None:
+    """Through the queue: y runs the refund; n (with a reason) tells the agent; a pause
+    left undecided when stdin ends is said, and `turnq sessions show` lists it."""
+    start_worker("cli-approvals", **DEMO)
+    env = {**os.environ, **stack_env, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+    session, user = f"cli-{uid}", f"u-{uid}"
+    chat = _chat(
+        env, session, "--user", user,
+        stdin=f"{REFUND}\ny\n{REFUND}\nmaybe\nn\nrefunds go through the phone line\n"
+        f"/history\n{REFUND}\n",
+    )  # fmt: skip
+    out = " ".join(chat.stdout.split())
+    assert chat.returncode == 0, chat.stdout + chat.stderr
+    assert out.count("the agent asks to run request_refund({})") == 3, out
+    assert out.count("approve? [y/n]") == 4 and "answer y or n" in out  # "maybe" asked again
+    assert "refund of" in out and user in out
+    assert "refunds go through the phone line" in out.split("why not?")[1]
+    assert "still waits for approval" in out and "Traceback" not in chat.stderr
+    print(chat.stdout)
+    turns = client.turns(session, user)
+    assert [t.status.value for t in turns] == ["succeeded", "succeeded", "waiting"]
+    assert sum("refund of" in str(i.get("output")) for i in client.history(session, user)) == 1
+    # The call left waiting is listed with its session.
+    show = subprocess.run(
+        [*TURNQ, "sessions", "show", session, "--user", user], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert show.returncode == 0, show.stdout + show.stderr
+    assert "waiting for approval (1)" in show.stdout and "request_refund" in show.stdout
+    assert turns[2].id in show.stdout
+    client.cancel(turns[2].id, user)
+
+
+def test_chat_over_http_asks_before_a_tool_runs(
+    stack_env: dict[str, str], database_url: str, start_worker: Any, client: Client, uid: str
+) -> None:
+    start_worker("cli-approvals-http", **DEMO)
+    session, user = f"cli-http-{uid}", f"u-{uid}"
+    gateway = GatewayProcess(stack_env, "gateway-cli").start()
+    try:
+        env = {
+            **os.environ, **stack_env, "PYTHONPATH": str(ROOT), "COLUMNS": "250",
+            "TURNQ_API_KEY": create_key(database_url, user, "cli test"),
+        }  # fmt: skip
+        chat = _chat(
+            env, session, "--url", gateway.url,
+            stdin=f"{REFUND}\ny\n{REFUND}\nn\n\n/quit\n",
+        )  # fmt: skip
+    finally:
+        gateway.stop()
+    out = " ".join(chat.stdout.split())
+    assert chat.returncode == 0, chat.stdout + chat.stderr
+    assert out.count("the agent asks to run request_refund({})") == 2, out
+    assert "refund of" in out and "rejected" in out.split("why not?")[1], out
+    assert [t.status.value for t in client.turns(session, user)] == ["succeeded", "succeeded"]

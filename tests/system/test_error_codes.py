@@ -10,8 +10,9 @@ turn left nothing in the transcript and the next turn succeeds.
 The model failures go through ``turnq stub-llm`` and the real OpenAI client; the rest
 through ``tests.agents:misbehaving``, whose message says how to fail.  One worker serves
 the module at a time (``OneWorker``): workers of one namespace share the turns queue, so
-two agent configurations at once would run each other's turns.  ``state_unreadable`` needs
-saved run states (a later issue) and has no test here yet.
+two agent configurations at once would run each other's turns.  A tool that needs approval
+is no error: the turn pauses (``waiting``) until a person decides; ``state_unreadable`` is a
+paused turn whose saved run state the deployment can no longer load (its agent renamed).
 """
 
 from __future__ import annotations
@@ -314,16 +315,48 @@ def test_agent_error_a_tool_raises(agent: Scenario) -> None:
     agent.goes_on()
 
 
-def test_agent_error_a_tool_needs_approval(agent: Scenario) -> None:
-    """Today's behaviour until approvals pause turns (DESIGN: running -> waiting): the run
-    ends with an interruption, and the turn fails at once with ``agent_error`` naming the
-    tool -- one model call, one attempt, no second run and no reaper loop."""
+def test_a_tool_that_needs_approval_pauses_the_turn(agent: Scenario) -> None:
+    """No error: the run stops at the call, the turn waits for a person (holding no worker),
+    and the approval resumes it -- one model call before the pause and one after, in two
+    executions (``attempts``; neither counts towards worker_lost)."""
     agent.send("[wire] send five")
-    done = agent.failed(ErrorCode.AGENT_ERROR, "wire_money", "approval")
-    assert done.attempts == 1 and agent.calls() == 1
-    agent.goes_on()
-    # Still one call and one attempt after the next turn ran: nothing re-ran it.
-    assert agent.calls() == 1 and agent.client.get_turn(agent.turn_id).attempts == 1
+    view = agent.api.wait_status(agent.turn_id, "waiting", timeout=60)
+    assert view["terminal"] is False and view["error_code"] is None
+    [call] = [i for i in view["pending_items"] if i.get("approval") == "pending"]
+    assert (call["name"], json.loads(call["arguments"])) == ("wire_money", {"amount": 5})
+    assert agent.calls() == 1
+    body = {"decisions": [{"call_id": call["call_id"], "approve": True}]}
+    agent.api.expect(200, "POST", f"/v1/turns/{agent.turn_id}/approvals", json=body)
+    done = agent.client.wait(agent.turn_id, timeout=60)
+    assert (done.status, done.error_code) == (TurnStatus.SUCCEEDED, None), done
+    assert done.output == f"ok: {agent.message}" and done.attempts == 2 and agent.calls() == 2
+    events = [(e["event"], e["data"].get("status")) for e in agent.events()]
+    assert ("approval_required", None) in events and ("approval_decided", None) in events
+    assert [s for kind, s in events if kind == "status"] == [
+        "running", "waiting", "running", "succeeded",
+    ]  # fmt: skip
+    outputs = [i for i in agent.client.history(agent.session, agent.user) if "output" in i]
+    assert [i["output"] for i in outputs] == ["sent 5"]  # the tool ran once
+
+
+def test_state_unreadable_the_paused_agent_was_renamed(
+    worker: OneWorker, call_log: Path, agent: Scenario
+) -> None:
+    """A deployment that renamed the agent a turn paused in cannot load the saved state (the
+    SDK finds agents by name and fails closed): the resumed turn fails ``state_unreadable``
+    at once, the tool never runs, and the session goes on with the renamed agent."""
+    agent.send("[wire] send six")
+    view = agent.api.wait_status(agent.turn_id, "waiting", timeout=60)
+    [call] = [i for i in view["pending_items"] if i.get("approval") == "pending"]
+    worker.use({**misbehaving(call_log), "TEST_AGENT_NAME": "misbehaving-v2"})
+    assert agent.client.approve(agent.turn_id, agent.user, call["call_id"]).resumed
+    done = agent.failed(
+        ErrorCode.STATE_UNREADABLE, "saved state could not be loaded", "agent", "SDK version"
+    )
+    assert done.attempts == 2 and agent.calls() == 1  # resumed, but the model not asked
+    added = agent.goes_on()
+    assert "sent" not in json.dumps(added)
+    assert agent.client.session(agent.session, agent.user).active_agent == "misbehaving-v2"
 
 
 # --- the worker ---------------------------------------------------------------------

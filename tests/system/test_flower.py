@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import struct
 import subprocess
 import sys
@@ -29,15 +28,14 @@ from shared.celery_app import make_celery
 from shared.keys import COMPACT_TASK
 from shared.settings import get_settings
 from shared.status import TurnStatus
+from tests.support.browser import chromium
 from tests.support.servers import free_port
-from tests.support.tools import missing
 from tests.support.workers import WorkerProcess
 from tests.system.conftest import FAST_RECOVERY
 from tests.system.test_pipeline import wait_for
 
 pytestmark = pytest.mark.system
 
-CHROMIUM_INSTALL = "apt-get update && apt-get install -y chromium"
 TURNQ = [sys.executable, "-m", "producer.cli"]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 IDS_ONLY_ARGS = re.compile(rf"^\['{UUID}'\]$")  # Celery's saferepr of [session_id]
@@ -256,13 +254,6 @@ def test_task_args_are_ids_only_and_no_content_reaches_flower(flower: FlowerStac
     assert flower.marker not in flower.proc.log_text()
 
 
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe:
-        return exe
-    missing(f"Chromium is not installed; the project setup installs it: {CHROMIUM_INSTALL}")
-
-
 def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
     width, height = struct.unpack(">II", data[16:24])
@@ -270,7 +261,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_tasks_page_in_a_real_browser(flower: FlowerStack, tmp_path: Path) -> None:
-    exe = _chromium()
+    exe = chromium()
     # Chromium answers Flower's basic-auth challenge from the URL's credentials, for the
     # page and for its /tasks/datatable requests.
     page = (

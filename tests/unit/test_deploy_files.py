@@ -65,6 +65,9 @@ AGREED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "turnq_oldest_queued_turn_age_seconds": ("gauge", ()),
     "turnq_sessions_over_budget": ("gauge", ()),
     "turnq_http_requests_total": ("counter", ("route", "status")),
+    "turnq_approvals_requested_total": ("counter", ()),
+    "turnq_approvals_decided_total": ("counter", ("decision",)),
+    "turnq_approval_decision_seconds": ("histogram", ()),
 }
 CLUSTER_EXTRAS = {
     "turnq_turns_by_status": ("gauge", ("status",)),
@@ -704,6 +707,30 @@ def test_agreed_metrics_are_exported_by_the_code() -> None:
         if exported.get(name.removesuffix("_total")) != kind
     }
     assert not wrong, f"agreed metrics not exported as agreed: {wrong}"
+
+
+def test_dashboard_shows_human_approvals() -> None:
+    """Waiting turns, how long people take to decide, and what expired (issue 13); the
+    status and decision values it filters on are ones turnq writes."""
+    from shared.status import TurnStatus
+
+    dash = json.loads(DASHBOARD.read_text())
+    by_title = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in dash["panels"]}
+    assert by_title["Turns waiting for a person"] == [
+        'max(turnq_turns_by_status{status="waiting"})'
+    ]
+    assert all("turnq_approval_decision_seconds_bucket" in e for e in by_title[
+        "Approval decision time"
+    ])  # fmt: skip
+    assert any('decision="expired"' in e for e in by_title["Approvals expired"])
+    # Turn statuses (letters; the gateway's HTTP statuses are digits, e.g. "5..").
+    statuses = {v for e in dashboard_exprs() for v in re.findall(r'status=~?"([a-z|]+)"', e)}
+    for value in statuses:
+        assert set(value.split("|")) <= {s.value for s in TurnStatus}, value
+    decisions = {"approved", "rejected", "expired", "cancelled"}  # approvals.decision
+    for e in dashboard_exprs():
+        for value in re.findall(r'decision="([a-z]+)"', e):
+            assert value in decisions, value
 
 
 def test_dashboard_is_a_grafana_dashboard() -> None:
