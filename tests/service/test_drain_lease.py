@@ -65,11 +65,15 @@ async def test_a_woken_holder_commits_its_turn_but_claims_no_more(
     monkeypatch.setattr(locks, "time", clock)
     other = SessionLock(redis_client, sid, settings.lock_ttl_s)
 
-    async def paused_past_the_ttl(rt: Any, turn: Any, context: Any, outbox: Any) -> Finished:
+    async def paused_past_the_ttl(
+        rt: Any, turn: Any, context: Any, outbox: Any, fence: int
+    ) -> Finished:
         clock.offset += settings.lock_ttl_s + 1  # the process was stopped this long ...
         await redis_client.delete(other.key)  # ... its key expired ...
         assert await other.acquire()  # ... and another worker locked the session
-        return Finished([{"role": "assistant", "content": "done"}], "done", {}, 0, False)
+        done = [{"role": "assistant", "content": "done"}]
+        usage = {"input_tokens": 0, "output_tokens": 0}
+        return Finished(done, "done", None, "echo", usage, 0, False)
 
     monkeypatch.setattr(turn_module, "execute", paused_past_the_ttl)
     rt = SimpleNamespace(
@@ -77,6 +81,7 @@ async def test_a_woken_holder_commits_its_turn_but_claims_no_more(
         redis=redis_client,
         turns=WorkerStore(s.db),
         policy=SimpleNamespace(trigger_tokens=10**9),
+        registry=SimpleNamespace(default="echo"),
         stopping=False,
     )
     ran = await turn_module.drain(rt, sid)  # type: ignore[arg-type]
