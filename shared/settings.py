@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     model_timeout_s: float = 120.0
     model_retries: int = Field(default=3, ge=0, le=10)
     model_retry_backoff_s: float = 0.5
+    # the offline model's answer shape (shared/models/profile.py); the stub server takes
+    # the same as `turnq stub-llm --profile ...` options.  None: the profile's own value.
+    model_profile: Literal["instant", "realistic"] = "instant"
+    model_answer_tokens: int | None = Field(default=None, ge=0)
+    model_tokens_per_s: str | None = Field(default=None, description='"80" or "60-100"')
+    model_tool_first: bool | None = None
+    model_jitter_s: float | None = Field(default=None, ge=0)
 
     # --- turn pipeline ----------------------------------------------------
     lock_ttl_s: float = Field(default=30.0, gt=0.2)

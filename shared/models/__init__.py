@@ -16,13 +16,20 @@ from typing import TYPE_CHECKING
 from agents import Model, ModelProvider, OpenAIChatCompletionsModel, OpenAIResponsesModel
 
 from shared.models.offline import OfflineModel, OfflineModelProvider
+from shared.models.profile import ModelProfile
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
     from shared.settings import Settings
 
-__all__ = ["OfflineModel", "OfflineModelProvider", "build_model_provider", "chat_model"]
+__all__ = [
+    "OfflineModel",
+    "OfflineModelProvider",
+    "build_model_provider",
+    "chat_model",
+    "offline_profile",
+]
 
 
 def _client(settings: Settings) -> AsyncOpenAI:
@@ -57,15 +64,26 @@ class _OpenAIProvider(ModelProvider):
         await self._client.close()
 
 
+def offline_profile(settings: Settings) -> ModelProfile:
+    """The offline model's answer shape: ``TURNQ_MODEL_PROFILE`` and its overrides."""
+    return ModelProfile.build(
+        settings.model_profile,
+        answer_tokens=settings.model_answer_tokens,
+        tokens_per_s=settings.model_tokens_per_s,
+        tool_first=settings.model_tool_first,
+        jitter_s=settings.model_jitter_s,
+    )
+
+
 def build_model_provider(settings: Settings) -> ModelProvider:
     """The provider for ``RunConfig(model_provider=...)``, offline or OpenAI per settings."""
     if settings.use_offline_model:
-        return OfflineModelProvider()
+        return OfflineModelProvider(profile=offline_profile(settings))
     return _OpenAIProvider(settings)
 
 
 def chat_model(settings: Settings) -> Model:
     """The model for ``RunConfig(model=...)``: ``settings.chat_model`` on the chosen backend."""
     if settings.use_offline_model:
-        return OfflineModel()
+        return OfflineModel(profile=offline_profile(settings))
     return _openai_model(settings.chat_model, settings, _client(settings))
