@@ -302,6 +302,9 @@ class AsyncClient:
     ) -> AsyncIterator[tuple[str, dict[str, str]]]:  # fmt: skip
         """The turn's events (status, text deltas, tool calls/outputs) from ``last_event_id``.
 
+        Text deltas come coalesced (one per ``TURNQ_STREAM_FLUSH_MS`` at most, holding the
+        joined text); every other event follows exactly the text that preceded it.
+
         Ends after the terminal status event.  Events live in a Redis stream with a TTL;
         Postgres is checked whenever the stream is quiet, so a lost event (a flushed
         Redis) still ends the stream with the turn's real final status.

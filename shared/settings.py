@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     max_content_bytes: int = Field(default=32 * 1024, ge=1)
     max_id_length: int = Field(default=128, ge=8, le=512)
     events_ttl_s: int = 3600
+    stream_flush_ms: int = Field(
+        default=50,
+        ge=0,
+        description="text deltas of a turn are coalesced into one event-stream entry at "
+        "most this often (0: one entry per delta)",
+    )
+    stream_flush_chars: int = Field(
+        default=512, ge=1, description="... or as soon as this many characters wait"
+    )
 
     # --- context budget and compaction (per-agent overrides: TURNQ_CONTEXT in the agent's module)
     context_window_tokens: int = Field(default=128_000, ge=256)
