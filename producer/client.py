@@ -122,20 +122,35 @@ def _terminal_event(fields: dict[Any, Any]) -> bool:
 
 
 class AsyncClient:
-    def __init__(self, settings: Settings, store: Store, redis: aioredis.Redis, celery: Celery):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        redis: aioredis.Redis,
+        celery: Celery,
+        broker: aioredis.Redis | None = None,
+    ):
         self.settings = settings
         self.store = store
-        self.redis = redis
+        self.redis = redis  # state: event streams, the cancel channel
+        self.broker = broker or redis  # kicks go onto Celery's queues here
         self.celery = celery
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> AsyncClient:
         s = settings or get_settings()
+        redis = aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10)
+        broker = (
+            aioredis.Redis.from_url(s.require_broker_url(), socket_timeout=10)
+            if s.separate_broker
+            else redis
+        )
         return cls(
             s,
             Store.connect(s.require_database_url(), s.db_pool_size, s.db_pool_timeout_s),
-            aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10),
+            redis,
             make_celery(s),
+            broker,
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -149,6 +164,8 @@ class AsyncClient:
     async def close(self) -> None:
         await self.store.close()
         await self.redis.aclose()
+        if self.broker is not self.redis:
+            await self.broker.aclose()
 
     # ------------------------------------------------------------------ writes
     async def enqueue(
@@ -206,7 +223,7 @@ class AsyncClient:
 
     async def _kick(self, internal_session_id: str) -> None:
         try:
-            await send_kick(self.redis, self.celery, keys.DRAIN_TASK, internal_session_id)
+            await send_kick(self.broker, self.celery, keys.DRAIN_TASK, internal_session_id)
         except Exception:  # the turn is committed: the reaper will kick it
             log.warning("kick not sent; the reaper will pick the turn up", exc_info=True)
 

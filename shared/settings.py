@@ -3,6 +3,7 @@
     from shared.settings import get_settings
     s = get_settings()            # cached; tests call get_settings.cache_clear()
     s.redis_url, s.database_url   # None until a dev stack or the environment provides them
+    s.broker                      # Celery's queues: TURNQ_BROKER_URL, else the same Redis
 
 No other module reads ``os.environ``.  URLs may be left unset: ``turnq dev`` and
 ``turnq demo`` then start an embedded Redis and Postgres and write their
@@ -28,7 +29,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TURNQ_", extra="ignore")
 
     # --- where things are -------------------------------------------------
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        default=None,
+        description="turnq's state: session locks, turn event streams, the cancel channel, "
+        "rate limits, compaction and beat marks, the metrics snapshot",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery's broker (the queues, unacked kicks, control and task events); "
+        "unset: the same server as redis_url",
+    )
     database_url: str | None = None
     data_dir: Path = Path(".turnq")
     namespace: str = Field(
@@ -200,7 +210,7 @@ class Settings(BaseSettings):
         default=True, description="/healthz asks Celery which workers consume the turns queue"
     )
 
-    @field_validator("redis_url", "database_url", mode="before")
+    @field_validator("redis_url", "broker_url", "database_url", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -264,6 +274,18 @@ class Settings(BaseSettings):
                 f"(no {self.data_dir / STACK_FILE}); set it, or start `turnq dev`"
             )
         return self.redis_url
+
+    @property
+    def broker(self) -> str | None:
+        """The broker's URL: ``broker_url``, else the state Redis (one server for both)."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def separate_broker(self) -> bool:
+        return self.broker_url is not None and self.broker_url != self.redis_url
+
+    def require_broker_url(self) -> str:
+        return self.broker_url or self.require_redis_url()
 
     @property
     def libpq_database_url(self) -> str:

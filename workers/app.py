@@ -142,7 +142,9 @@ def retention_task() -> int:
 def cluster_metrics_task() -> bool:
     """Snapshot queue depths and turn counts into Redis for every /metrics to expose."""
     rt = runtime()
-    job = publish_cluster_metrics(rt.redis, rt.store.engine, rt.settings, rt.policy.trigger_tokens)
+    job = publish_cluster_metrics(
+        rt.redis, rt.store.engine, rt.settings, rt.policy.trigger_tokens, broker=rt.broker
+    )
     return rt.run(_in_context(job, **_task_fields(cluster_metrics_task))) is not None
 
 

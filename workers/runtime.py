@@ -41,7 +41,8 @@ class Runtime:
     settings: Settings
     portal: LoopThread
     store: Store
-    redis: aioredis.Redis
+    redis: aioredis.Redis  # state: locks, event streams, cancel channel, marks
+    broker: aioredis.Redis  # Celery's queues (depth reads); the same client on one server
     agent: Agent[Any]
     run_config: RunConfig
     policy: ContextPolicy
@@ -91,6 +92,8 @@ class Runtime:
                 await self._cancels.close()
             await self.store.close()
             await self.redis.aclose()
+            if self.broker is not self.redis:
+                await self.broker.aclose()
 
         try:
             self.run(_close(), timeout=10)
@@ -122,7 +125,7 @@ def close_runtime() -> None:
 def _build(settings: Settings) -> Runtime:
     portal = LoopThread("turnq-loop")
 
-    async def _connect() -> tuple[Store, aioredis.Redis]:
+    async def _connect() -> tuple[Store, aioredis.Redis, aioredis.Redis]:
         store = Store.connect(
             settings.require_database_url(), settings.db_pool_size, settings.db_pool_timeout_s
         )
@@ -133,9 +136,14 @@ def _build(settings: Settings) -> Runtime:
             health_check_interval=10,
             max_connections=max(50, settings.worker_concurrency * 2),
         )
-        return store, redis
+        broker = redis
+        if settings.separate_broker:  # only queue depths are read here: a few connections
+            broker = aioredis.Redis.from_url(
+                settings.require_broker_url(), socket_timeout=10, socket_connect_timeout=5
+            )
+        return store, redis, broker
 
-    store, redis = portal.run(_connect())
+    store, redis, broker = portal.run(_connect())
     agent = load_agent(settings.agent)
     if agent.model is None or agent.model == "":
         from shared.models import chat_model
@@ -155,6 +163,7 @@ def _build(settings: Settings) -> Runtime:
         portal,
         store,
         redis,
+        broker,
         agent,
         run_config,
         policy=policy,
