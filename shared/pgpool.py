@@ -44,7 +44,11 @@ def closed_by_server(conn: Any) -> bool:
     try:
         if conn.closed or pgconn.status != pq.ConnStatus.OK:
             return True
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
+        # poll, not select: select refuses descriptors >= 1024, which a worker with a
+        # thousand turns in flight has, and every idle connection looked closed.
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN)
+        readable = poller.poll(0)
     except (OSError, ValueError, psycopg.Error):
         return True
     return bool(readable)
