@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         "held across a model call, so a few connections serve hundreds of turns in flight.",
     )
     db_pool_timeout_s: float = 30.0
+    redis_pool_size: int = Field(
+        default=64,
+        ge=4,
+        description="Redis (state) connections per worker process; commands wait for a free "
+        "one.  Each command holds one for a round trip, so a few dozen serve thousands of "
+        "turns in flight; an unbounded pool grew to one per turn under load",
+    )
     max_content_bytes: int = Field(default=32 * 1024, ge=1)
     max_id_length: int = Field(default=128, ge=8, le=512)
     events_ttl_s: int = 3600

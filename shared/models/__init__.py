@@ -33,14 +33,20 @@ __all__ = [
 
 
 def _client(settings: Settings) -> AsyncOpenAI:
-    from openai import AsyncOpenAI
+    import httpx2
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
+    # One connection per model call in flight: the SDK's default pool (1,000 connections,
+    # 100 kept alive) would queue a worker's calls beyond that and reconnect after bursts.
+    connections = max(1000, settings.worker_concurrency + 100)
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     # "unused": a base_url-only setup (stub server, local gateway) still needs a non-empty key.
     return AsyncOpenAI(
         api_key=settings.openai_api_key or "unused",
         base_url=settings.openai_base_url,
         timeout=settings.model_timeout_s,
         max_retries=settings.model_retries,
+        http_client=DefaultAsyncHttpxClient(limits=limits),
     )
 
 
