@@ -8,7 +8,7 @@
     turnq worker [--queues turns]    # a Celery worker (exec's `celery -A workers.app worker`)
     turnq flower [--port 5555]       # Flower behind basic auth (TURNQ_FLOWER_BASIC_AUTH)
     turnq beat | turnq migrate | turnq stub-llm
-    turnq bench [--quick] [--only B2,B4] [--repeat 3]   # benchmarks (source checkout)
+    turnq bench [--quick] [--only B2,B9] [--repeat 3]   # benchmarks (source checkout)
     turnq health --role worker       # exit 0/1: readiness (Redis, Postgres) + liveness
 
 Worker commands exec Celery rather than importing ``workers/``: the client side
@@ -189,7 +189,7 @@ def stub_llm(ctx: typer.Context) -> None:
     },
 )
 def bench(ctx: typer.Context) -> None:
-    """Benchmarks B1..B7 beside their baselines (from a source checkout): --quick, --only B2."""
+    """Benchmarks B1..B10 beside their baselines (from a source checkout): --quick, --only B2."""
     from ops.processes import ROOT
 
     if not (ROOT / "benchmarks" / "run.py").exists():

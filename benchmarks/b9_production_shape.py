@@ -1,0 +1,247 @@
+"""B9: cost per turn at production shape (issue 15).
+
+The model is `turnq stub-llm` over HTTP with the realistic profile: each turn first calls
+a tool, then streams a 300-token answer at ~80 tokens/s (a rate drawn in 70-90 per call,
+first-byte jitter up to 0.2 s).  One-turn sessions arrive at a steady ``RATE`` per second
+(the load a process sustains, not a burst), and a reader follows every turn with
+``AsyncClient.events``, as the gateway's SSE does.  Everything runs on a private
+redis-server, so ``INFO commandstats`` counts this benchmark's commands only.
+
+Arms, on the same Redis and Postgres, one worker process each, one after the other (the
+others paused), in one run; every arm but ``realistic`` runs a quarter of the sessions:
+
+* ``realistic``: the production shape with coalesced deltas (``TURNQ_STREAM_FLUSH_MS=50``);
+* ``per_delta``: the same with ``TURNQ_STREAM_FLUSH_MS=0`` (one stream entry per token, as
+  before coalescing): the latency and command baseline;
+* ``flush_100ms``, ``flush_250ms`` (full mode only): the same, coarser: the trade-off of
+  commands against latency;
+* ``same_at_once`` (full mode only): the same turns (tool call, 300 tokens) with every
+  token sent at once;
+* ``instant``: the stub's default model (an instant, short answer; no tool call).
+
+Figures:
+
+* Redis commands per turn: all commands (workers, producer, readers) / turns; target <= 40;
+* worker CPU ms per turn, realistic / instant (and / same_at_once); target <= 1.5x;
+* text latency: every filler token carries the millisecond the stub sent it (the profile's
+  ``stamp``); a reader subtracts it from the time it received the token.  "Added by
+  coalescing" is the realistic arm's p99 minus the per-delta arm's p99 (target <= 100 ms);
+  beside it, from the stream entry ids, the time from the stub to the XADD.
+
+    python -m benchmarks.b9_production_shape [--sessions 1000] [--rate 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from benchmarks.common import pct, running, scratch_stack, table, turnq_worker, wait_turns
+from benchmarks.resources import Meter, server_pids
+from shared.models.profile import read_stamps
+from tests.support.servers import PrivateRedis
+from tests.support.stub_llm import stub_llm_process
+
+REALISTIC = ("--profile", "realistic", "--tool-first", "--tokens-per-s", "70-90")
+CONCURRENCY = 1100
+
+
+@contextmanager
+def private_redis(env: dict[str, str]) -> Iterator[PrivateRedis]:
+    """The run's Redis on a server of its own (commandstats count nothing else)."""
+    with PrivateRedis() as server:
+        old = os.environ.get("TURNQ_REDIS_URL")
+        env["TURNQ_REDIS_URL"] = os.environ["TURNQ_REDIS_URL"] = server.url
+        from shared.settings import get_settings
+
+        get_settings.cache_clear()
+        try:
+            yield server
+        finally:
+            if old is not None:
+                os.environ["TURNQ_REDIS_URL"] = old
+            get_settings.cache_clear()
+
+
+def commands(server: PrivateRedis) -> Counter[str]:
+    with server.client() as r:
+        stats = r.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
+async def _follow(client: Any, turn_id: str, user: str, out: dict[str, list[float]]) -> None:
+    async for entry_id, event in client.events(turn_id, user):
+        if event.get("type") != "delta":
+            continue
+        now = time.time()
+        added_ms = int(entry_id.split("-")[0]) / 1000
+        for sent in read_stamps(event["text"]):
+            out["latency"].append(now - sent)
+            out["to_xadd"].append(added_ms - sent)
+        out["entries"].append(1.0)
+
+
+async def _arrive(
+    keys: list[str], rate: float, namespace: str
+) -> tuple[list[str], dict[str, list[float]]]:
+    """Enqueue one turn per key at ``rate`` per second, each followed by a reader."""
+    from producer import AsyncClient
+    from shared.settings import Settings
+
+    out: dict[str, list[float]] = {"latency": [], "to_xadd": [], "entries": []}
+    ids: list[str] = []
+    readers = []
+    async with AsyncClient.from_settings(Settings(namespace=namespace)) as client:
+        start = time.monotonic()
+        for i, key in enumerate(keys):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            turn = await client.enqueue(key, "bench", "Good morning! Any news?")
+            ids.append(turn.id)
+            readers.append(asyncio.create_task(_follow(client, turn.id, "bench", out)))
+        await asyncio.gather(*readers)
+    return ids, out
+
+
+def arm(
+    env: dict[str, str], server: PrivateRedis, worker: Any, keys: list[str], rate: float
+) -> dict[str, Any]:
+    ns = worker.env["TURNQ_NAMESPACE"]
+    before = commands(server)
+    meter = Meter([worker.pid], servers={**server_pids(), "redis": server.proc.pid}).start()
+    ids, seen = asyncio.run(_arrive(keys, rate, ns))
+    done = wait_turns(env, ids)
+    usage = meter.stop()
+    spent = commands(server) - before
+    n = len(ids)
+    latency = [x * 1000 for x in seen["latency"]]
+    to_xadd = [x * 1000 for x in seen["to_xadd"]]
+    return {
+        "turns": n,
+        "succeeded": done["succeeded"],
+        "redis_commands_per_turn": sum(spent.values()) / n,
+        "redis_top": {k: round(v / n, 1) for k, v in spent.most_common(8)},
+        "stream_entries_per_turn": spent["xadd"] / n,
+        "worker_cpu_ms_per_turn": usage.cpu_s["worker"] * 1000 / n,
+        "cpu_ms_per_turn": usage.cpu_ms_per(n),
+        "worker_cores": usage.utilisation().get("worker", 0.0),
+        "peak_mb_per_worker": usage.peak_mb_per_worker,
+        "tokens_timed": len(latency),
+        "latency_p50_ms": pct(latency, 50),
+        "latency_p99_ms": pct(latency, 99),
+        "to_xadd_p50_ms": pct(to_xadd, 50),
+        "to_xadd_p99_ms": pct(to_xadd, 99),
+    }
+
+
+# arm -> (stub, worker settings, quick): "shape" is the realistic stub, "flat" the same
+# answers delivered at once, "instant" the stub's default short answer.
+ARMS: dict[str, tuple[str, dict[str, str], bool]] = {
+    "realistic": ("shape", {}, True),
+    "per_delta": ("shape", {"TURNQ_STREAM_FLUSH_MS": "0"}, True),
+    "flush_100ms": ("shape", {"TURNQ_STREAM_FLUSH_MS": "100"}, False),
+    "flush_250ms": ("shape", {"TURNQ_STREAM_FLUSH_MS": "250"}, False),
+    "same_at_once": ("flat", {}, False),
+    "instant": ("instant", {}, True),
+}
+STUBS = {
+    "shape": REALISTIC,
+    "flat": (*REALISTIC[:3], "--tokens-per-s", "0", "--jitter", "0"),
+    "instant": (),
+}
+
+
+def run(
+    quick: bool = False, sessions: int | None = None, rate: float | None = None
+) -> dict[str, Any]:
+    sessions = sessions or (24 if quick else 1000)
+    rate = rate or (12.0 if quick else 8.0)
+    others = 12 if quick else max(30, sessions // 4)
+    arms = {k: v for k, v in ARMS.items() if v[2] or not quick}
+    results: dict[str, dict[str, Any]] = {}
+    with ExitStack() as stack:
+        env = stack.enter_context(scratch_stack())
+        server = stack.enter_context(private_redis(env))
+        needed = {stub for stub, _, _ in arms.values()}
+        stubs = {k: stack.enter_context(stub_llm_process(*STUBS[k])) for k in needed}
+        stubs["shape"].configure(stamp=True)
+        ns = env["TURNQ_NAMESPACE"]
+        workers = {
+            name: turnq_worker(
+                env, f"b9{name}", CONCURRENCY, **stubs[stub].worker_env("chat"), **extra,
+                TURNQ_WORKER_CONCURRENCY=str(CONCURRENCY), TURNQ_NAMESPACE=f"{ns}{name}:",
+            )
+            for name, (stub, extra, _) in arms.items()
+        }  # fmt: skip
+        with running(list(workers.values())):
+            with ThreadPoolExecutor(len(workers)) as pool:  # warm up all at once, then sleep
+                warm = [[f"warm-{name}-{i}" for i in range(2)] for name in workers]
+                list(pool.map(lambda w, k: arm(env, server, w, k, rate), workers.values(), warm))
+            for w in workers.values():
+                w.pause()
+            for name, w in workers.items():
+                w.resume()
+                n = sessions if name == "realistic" else others
+                results[name] = arm(env, server, w, [f"b9{name}-{i}" for i in range(n)], rate)
+                w.pause()
+            for w in workers.values():
+                w.resume()
+    real, delta = results["realistic"], results["per_delta"]
+    return {
+        "sessions": sessions,
+        "rate": rate,
+        "redis_commands_per_turn": real["redis_commands_per_turn"],
+        "per_delta_commands_per_turn": delta["redis_commands_per_turn"],
+        "cpu_ratio": real["worker_cpu_ms_per_turn"] / results["instant"]["worker_cpu_ms_per_turn"],
+        "cpu_ratio_same_at_once": (
+            real["worker_cpu_ms_per_turn"] / results["same_at_once"]["worker_cpu_ms_per_turn"]
+            if "same_at_once" in results
+            else None
+        ),
+        "latency_p99_ms": real["latency_p99_ms"],
+        "latency_added_p99_ms": real["latency_p99_ms"] - delta["latency_p99_ms"],
+        "cpu_ms_per_turn": real["cpu_ms_per_turn"],  # all roles, as in the other rows
+        "worker_cpu_ms_per_turn": real["worker_cpu_ms_per_turn"],
+        "peak_mb_per_worker": real["peak_mb_per_worker"],
+        "failed": sum(r["turns"] - r["succeeded"] for r in results.values()),
+        "arms": results,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=1000)
+    ap.add_argument("--rate", type=float, help="turns arriving per second (8; quick 12)")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    d = run(args.quick, None if args.quick else args.sessions, args.rate)
+    a = d["arms"]
+    rows = [
+        [
+            name, r["turns"], f"{r['redis_commands_per_turn']:.1f}",
+            f"{r['stream_entries_per_turn']:.1f}", f"{r['worker_cpu_ms_per_turn']:.1f}",
+            f"{r['latency_p50_ms']:.0f} / {r['latency_p99_ms']:.0f}",
+            f"{r['to_xadd_p50_ms']:.0f} / {r['to_xadd_p99_ms']:.0f}",
+        ]
+        for name, r in a.items()
+    ]  # fmt: skip
+    head = ["arm", "turns", "Redis cmds/turn", "XADD/turn", "worker CPU ms/turn",
+            "token latency p50/p99 ms", "stub->XADD p50/p99 ms"]  # fmt: skip
+    print(table(f"B9 production shape at {d['rate']:g} turns/s", head, rows))
+    print(
+        f"commands per turn {d['redis_commands_per_turn']:.1f} (target <= 40); CPU "
+        f"{d['cpu_ratio']:.2f}x instant, {d['cpu_ratio_same_at_once'] or 0:.2f}x the same "
+        f"answer at once (<= 1.5); latency added p99 {d['latency_added_p99_ms']:.0f} ms (<= 100)"
+    )
+    for name, r in a.items():
+        print(name, r["redis_top"])
+
+
+if __name__ == "__main__":
+    main()
