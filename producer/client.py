@@ -138,13 +138,14 @@ class AsyncClient:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> AsyncClient:
+        """Kicks get a pool of their own, so they never wait behind blocked readers (each
+        ``events``/``wait`` holds a state connection while it blocks: redis-py's default
+        pool of 100 refused the 101st, and kicks with it)."""
         s = settings or get_settings()
-        redis = aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10)
-        broker = (
-            aioredis.Redis.from_url(s.require_broker_url(), socket_timeout=10)
-            if s.separate_broker
-            else redis
+        redis = aioredis.Redis.from_url(
+            s.require_redis_url(), socket_timeout=10, max_connections=s.client_redis_connections
         )
+        broker = aioredis.Redis.from_url(s.require_broker_url(), socket_timeout=10)
         return cls(
             s,
             Store.connect(s.require_database_url(), s.db_pool_size, s.db_pool_timeout_s),

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         "held across a model call, so a few connections serve hundreds of turns in flight.",
     )
     db_pool_timeout_s: float = 30.0
+    client_redis_connections: int = Field(
+        default=10_000,
+        ge=10,
+        description="Redis (state) connections of a producer or gateway process: each "
+        "reader waiting on a turn (an SSE stream, client.wait) holds one while it blocks",
+    )
     redis_pool_size: int = Field(
         default=64,
         ge=4,

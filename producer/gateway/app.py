@@ -132,7 +132,7 @@ def _add_operational_routes(app: FastAPI) -> None:
         gw = gateway_of(request)
         client = gw.client
         checks = [_check_postgres(client), _timed(client.redis.ping)]
-        if client.broker is not client.redis:  # TURNQ_BROKER_URL: the queues' own server
+        if gw.settings.separate_broker:  # TURNQ_BROKER_URL: the queues' own server
             checks.append(_timed(client.broker.ping))
         pg, redis, *broker = await asyncio.gather(*checks)
         required = {"postgres": pg, "redis": redis, **({"broker": broker[0]} if broker else {})}
