@@ -2,7 +2,7 @@
 
 One worker process (threads pool, concurrency ``CONCURRENCY``: the cap on drains in
 flight) runs one-turn sessions whose model is `turnq stub-llm` over HTTP streaming its
-answer for ~10 s (10 tokens at 1 token/s; quick: 5 s).  Every turn is enqueued at once;
+answer for ~10 s (10 tokens at 1 token/s; quick: 200 turns, 4 s).  Every turn is enqueued at once;
 while they run, a sampler reads 4 times a second:
 
 * in flight: the turns ``running`` in Postgres (claimed, holding their session lock, not
@@ -81,8 +81,8 @@ class Sampler:
 def run(
     quick: bool = False, turns: int | None = None, seconds: float | None = None
 ) -> dict[str, Any]:
-    turns = turns or (300 if quick else 1100)
-    seconds = seconds or (5.0 if quick else 10.0)
+    turns = turns or (200 if quick else 1100)
+    seconds = seconds or (4.0 if quick else 10.0)
     tokens = int(seconds * RATE)
     with scratch_stack() as env, stub_llm_process() as stub:
         stub.configure(answer_tokens=tokens, tokens_per_s=f"{RATE:g}")
@@ -137,8 +137,8 @@ def run(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--turns", type=int, help="default 1100 (quick 300)")
-    ap.add_argument("--seconds", type=float, help="model call length, default 10 (quick 5)")
+    ap.add_argument("--turns", type=int, help="default 1100 (quick 200)")
+    ap.add_argument("--seconds", type=float, help="model call length, default 10 (quick 4)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     d = run(args.quick, args.turns, args.seconds)

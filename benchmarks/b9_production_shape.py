@@ -2,13 +2,15 @@
 
 The model is `turnq stub-llm` over HTTP with the realistic profile: each turn first calls
 a tool, then streams a 300-token answer at ~80 tokens/s (a rate drawn in 70-90 per call,
-first-byte jitter up to 0.2 s).  One-turn sessions arrive at a steady ``RATE`` per second
-(the load a process sustains, not a burst), and a reader follows every turn with
-``AsyncClient.events``, as the gateway's SSE does.  Everything runs on a private
-redis-server, so ``INFO commandstats`` counts this benchmark's commands only.
+first-byte jitter up to 0.2 s).  One-turn sessions arrive at a steady rate (5 a second:
+~0.55 of a core for the worker, the load capacity.md plans per process, not a burst), and
+a reader follows every turn with ``AsyncClient.events``, as the gateway's SSE does.
+Everything runs on a private redis-server, so ``INFO commandstats`` counts this
+benchmark's commands only.
 
 Arms, on the same Redis and Postgres, one worker process each, one after the other (the
-others paused), in one run; every arm but ``realistic`` runs a quarter of the sessions:
+others paused) in 5 interleaved rounds, in one run; every arm but ``realistic`` runs 15 %
+of the sessions; figures pool the rounds:
 
 * ``realistic``: the production shape with coalesced deltas (``TURNQ_STREAM_FLUSH_MS=50``);
 * ``per_delta``: the same with ``TURNQ_STREAM_FLUSH_MS=0`` (one stream entry per token, as
@@ -28,7 +30,7 @@ Figures:
   coalescing" is the realistic arm's p99 minus the per-delta arm's p99 (target <= 100 ms);
   beside it, from the stream entry ids, the time from the stub to the XADD.
 
-    python -m benchmarks.b9_production_shape [--sessions 1000] [--rate 8]
+    python -m benchmarks.b9_production_shape [--sessions 1000] [--rate 5]
 """
 
 from __future__ import annotations
@@ -41,16 +43,20 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from benchmarks.common import pct, running, scratch_stack, table, turnq_worker, wait_turns
+from benchmarks.common import median, pct, running, scratch_stack, table, turnq_worker, wait_turns
 from benchmarks.resources import Meter, server_pids
+from shared import keys
 from shared.models.profile import read_stamps
 from tests.support.servers import PrivateRedis
 from tests.support.stub_llm import stub_llm_process
 
 REALISTIC = ("--profile", "realistic", "--tool-first", "--tokens-per-s", "70-90")
 CONCURRENCY = 1100
+ROUNDS = 5
 
 
 @contextmanager
@@ -109,35 +115,68 @@ async def _arrive(
     return ids, out
 
 
-def arm(
-    env: dict[str, str], server: PrivateRedis, worker: Any, keys: list[str], rate: float
-) -> dict[str, Any]:
+@dataclass
+class Sample:
+    """What one arm measured in one round; rounds add up (``+``)."""
+
+    turns: int = 0
+    succeeded: int = 0
+    spent: Counter[str] = field(default_factory=Counter)
+    worker_cpu_s: float = 0.0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    peak_mb: float = 0.0
+    stream_bytes: list[int] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    to_xadd_ms: list[float] = field(default_factory=list)
+
+    def __add__(self, o: Sample) -> Sample:
+        return Sample(
+            self.turns + o.turns, self.succeeded + o.succeeded, self.spent + o.spent,
+            self.worker_cpu_s + o.worker_cpu_s, self.cpu_s + o.cpu_s, self.wall_s + o.wall_s,
+            max(self.peak_mb, o.peak_mb), self.stream_bytes + o.stream_bytes,
+            self.latency_ms + o.latency_ms, self.to_xadd_ms + o.to_xadd_ms,
+        )  # fmt: skip
+
+    def figures(self) -> dict[str, Any]:
+        n = max(self.turns, 1)
+        return {
+            "turns": self.turns,
+            "succeeded": self.succeeded,
+            "redis_commands_per_turn": sum(self.spent.values()) / n,
+            "redis_top": {k: round(v / n, 1) for k, v in self.spent.most_common(8)},
+            "stream_entries_per_turn": self.spent["xadd"] / n,
+            "stream_kb_per_turn": median(self.stream_bytes) / 1024,
+            "worker_cpu_ms_per_turn": self.worker_cpu_s * 1000 / n,
+            "cpu_ms_per_turn": self.cpu_s * 1000 / n,
+            "worker_cores": self.worker_cpu_s / self.wall_s if self.wall_s else 0.0,
+            "peak_mb_per_worker": self.peak_mb,
+            "tokens_timed": len(self.latency_ms),
+            "latency_p50_ms": pct(self.latency_ms, 50),
+            "latency_p99_ms": pct(self.latency_ms, 99),
+            "to_xadd_p50_ms": pct(self.to_xadd_ms, 50),
+            "to_xadd_p99_ms": pct(self.to_xadd_ms, 99),
+        }
+
+
+def measure(
+    env: dict[str, str], server: PrivateRedis, worker: Any, sessions: list[str], rate: float
+) -> Sample:
+    """One turn per session arriving at ``rate``, each read to its end; what they cost."""
     ns = worker.env["TURNQ_NAMESPACE"]
     before = commands(server)
     meter = Meter([worker.pid], servers={**server_pids(), "redis": server.proc.pid}).start()
-    ids, seen = asyncio.run(_arrive(keys, rate, ns))
+    ids, seen = asyncio.run(_arrive(sessions, rate, ns))
     done = wait_turns(env, ids)
     usage = meter.stop()
     spent = commands(server) - before
-    n = len(ids)
-    latency = [x * 1000 for x in seen["latency"]]
-    to_xadd = [x * 1000 for x in seen["to_xadd"]]
-    return {
-        "turns": n,
-        "succeeded": done["succeeded"],
-        "redis_commands_per_turn": sum(spent.values()) / n,
-        "redis_top": {k: round(v / n, 1) for k, v in spent.most_common(8)},
-        "stream_entries_per_turn": spent["xadd"] / n,
-        "worker_cpu_ms_per_turn": usage.cpu_s["worker"] * 1000 / n,
-        "cpu_ms_per_turn": usage.cpu_ms_per(n),
-        "worker_cores": usage.utilisation().get("worker", 0.0),
-        "peak_mb_per_worker": usage.peak_mb_per_worker,
-        "tokens_timed": len(latency),
-        "latency_p50_ms": pct(latency, 50),
-        "latency_p99_ms": pct(latency, 99),
-        "to_xadd_p50_ms": pct(to_xadd, 50),
-        "to_xadd_p99_ms": pct(to_xadd, 99),
-    }
+    with server.client() as r:  # the event streams' memory, on a sample of turns
+        stream_bytes = [int(r.memory_usage(keys.events_key(t, ns)) or 0) for t in ids[:20]]
+    return Sample(
+        len(ids), int(done["succeeded"]), spent, usage.cpu_s["worker"], usage.total_cpu_s,
+        usage.wall_s, usage.peak_mb_per_worker, stream_bytes,
+        [x * 1000 for x in seen["latency"]], [x * 1000 for x in seen["to_xadd"]],
+    )  # fmt: skip
 
 
 # arm -> (stub, worker settings, quick): "shape" is the realistic stub, "flat" the same
@@ -160,11 +199,12 @@ STUBS = {
 def run(
     quick: bool = False, sessions: int | None = None, rate: float | None = None
 ) -> dict[str, Any]:
-    sessions = sessions or (24 if quick else 1000)
-    rate = rate or (12.0 if quick else 8.0)
-    others = 12 if quick else max(30, sessions // 4)
+    sessions = sessions or (12 if quick else 1000)
+    rate = rate or 5.0
+    others = 6 if quick else max(30, sessions * 3 // 20)
+    rounds = 1 if quick else ROUNDS
     arms = {k: v for k, v in ARMS.items() if v[2] or not quick}
-    results: dict[str, dict[str, Any]] = {}
+    pooled = {name: Sample() for name in arms}
     with ExitStack() as stack:
         env = stack.enter_context(scratch_stack())
         server = stack.enter_context(private_redis(env))
@@ -182,16 +222,19 @@ def run(
         with running(list(workers.values())):
             with ThreadPoolExecutor(len(workers)) as pool:  # warm up all at once, then sleep
                 warm = [[f"warm-{name}-{i}" for i in range(2)] for name in workers]
-                list(pool.map(lambda w, k: arm(env, server, w, k, rate), workers.values(), warm))
+                list(pool.map(partial(measure, env, server, rate=rate), workers.values(), warm))
             for w in workers.values():
                 w.pause()
-            for name, w in workers.items():
-                w.resume()
-                n = sessions if name == "realistic" else others
-                results[name] = arm(env, server, w, [f"b9{name}-{i}" for i in range(n)], rate)
-                w.pause()
+            for r in range(rounds):  # rounds interleave the arms: load spikes hit them all
+                for name, w in workers.items():
+                    w.resume()
+                    n = (sessions if name == "realistic" else others) // rounds
+                    names = [f"b9{name}-{r}-{i}" for i in range(n)]
+                    pooled[name] += measure(env, server, w, names, rate)
+                    w.pause()
             for w in workers.values():
                 w.resume()
+    results = {name: sample.figures() for name, sample in pooled.items()}
     real, delta = results["realistic"], results["per_delta"]
     return {
         "sessions": sessions,
@@ -217,7 +260,7 @@ def run(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=1000)
-    ap.add_argument("--rate", type=float, help="turns arriving per second (8; quick 12)")
+    ap.add_argument("--rate", type=float, default=5.0, help="turns arriving per second")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     d = run(args.quick, None if args.quick else args.sessions, args.rate)
