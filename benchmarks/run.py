@@ -152,13 +152,11 @@ def _b7(d: dict[str, Any]) -> Row:
 def _b9(d: dict[str, Any]) -> Row:
     return (
         f"{d['redis_commands_per_turn']:.0f} Redis cmds/turn; CPU {d['cpu_ratio']:.1f}x; "
-        f"text p99 +{d['latency_added_p99_ms']:.0f} ms",
+        f"text held p99 {d['hold_p99_ms']:.0f} ms",
         f"instant turn; per-delta {d['per_delta_commands_per_turn']:.0f} cmds/turn",
         f"{d['cpu_ratio']:.2f}",
         "<= 40 cmds; <= 1.5x CPU; <= 100 ms",
-        d["redis_commands_per_turn"] <= 40
-        and d["cpu_ratio"] <= 1.5
-        and d["latency_added_p99_ms"] <= 100,
+        d["redis_commands_per_turn"] <= 40 and d["cpu_ratio"] <= 1.5 and d["hold_p99_ms"] <= 100,
     )
 
 

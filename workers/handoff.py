@@ -52,11 +52,6 @@ def _finished(drain: Future[Any]) -> None:
         log.error("drain failed", exc_info=error)
 
 
-def in_flight() -> int:
-    with _lock:
-        return len(_running)
-
-
 def wait_for_drains(timeout: float) -> int:
     """Wait up to ``timeout`` seconds for every drain in flight; returns how many remain."""
     with _lock:

@@ -22,13 +22,14 @@ import contextlib
 import contextvars
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from agents import Agent, RunConfig, Runner
 from agents.result import RunResultStreaming
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, metrics
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -126,12 +127,15 @@ class Outbox:
         self.queued: list[dict[str, Any]] = []
         self.pending: list[str] = []
         self.pending_chars = 0
+        self.pending_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.sender: asyncio.Task[None] | None = None
 
     def add(self, event: dict[str, Any]) -> None:
         if event.get("type") == "delta" and self.flush_s > 0:
             text = str(event.get("text", ""))
+            if not self.pending:
+                self.pending_since = time.perf_counter()
             self.pending.append(text)
             self.pending_chars += len(text)
             if self.pending_chars >= self.flush_chars:
@@ -157,6 +161,7 @@ class Outbox:
         if self.pending:
             self.queued.append({"type": "delta", "text": "".join(self.pending)})
             self.pending, self.pending_chars = [], 0
+            metrics.STREAM_TEXT_HOLD.observe(time.perf_counter() - self.pending_since)
 
     def _send_soon(self) -> None:
         if self.queued and (self.sender is None or self.sender.done()):

@@ -75,6 +75,7 @@ def test_b9_and_b10_quick_measure_the_production_shape_and_the_turns_in_flight(
     assert arms["realistic"]["stream_entries_per_turn"] < 150
     assert b9["redis_commands_per_turn"] < b9["per_delta_commands_per_turn"]
     assert arms["realistic"]["tokens_timed"] > 0 and math.isfinite(b9["latency_added_p99_ms"])
+    assert 0 < b9["hold_p99_ms"] and math.isnan(arms["per_delta"]["hold_p99_ms"])
     assert b9["cpu_ratio"] > 0
     # in flight: the turns ran at once in one process without a thread each
     assert b10["max_in_flight"] > 100 and b10["max_threads"] < 50
