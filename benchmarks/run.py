@@ -1,4 +1,4 @@
-"""Run every benchmark (B1..B7) in one go and print one table of figures against targets.
+"""Run every benchmark (B1..B10) in one go and print one table of figures against targets.
 
     python -m benchmarks.run                 # full: default counts, 3 repeats, medians
     python -m benchmarks.run --quick         # smaller counts, 1 repeat: under ~2 minutes
@@ -39,6 +39,8 @@ WHAT = {
     "B5": "commit cost at 10 vs 2,000 items",
     "B6": "chat p99 with compactions pending",
     "B7": "scaling 1 -> 2 -> 4 processes",
+    "B9": "production shape: tool call + 300 tokens at ~80/s, SSE reader",
+    "B10": "turns in flight in one process, 10 s streamed model",
 }
 MODULES = {
     "B1": "benchmarks.b1_latency",
@@ -48,6 +50,8 @@ MODULES = {
     "B5": "benchmarks.b5_write_cost",
     "B6": "benchmarks.b6_compaction_backlog",
     "B7": "benchmarks.b7_scaling",
+    "B9": "benchmarks.b9_production_shape",
+    "B10": "benchmarks.b10_in_flight",
 }
 HEADER = [
     "id", "what", "figure", "baseline", "ratio", "target", "met?", "CPU ms/turn",
@@ -145,8 +149,31 @@ def _b7(d: dict[str, Any]) -> Row:
     )
 
 
+def _b9(d: dict[str, Any]) -> Row:
+    return (
+        f"{d['redis_commands_per_turn']:.0f} Redis cmds/turn; CPU {d['cpu_ratio']:.1f}x; "
+        f"text held p99 {d['hold_p99_ms']:.0f} ms",
+        f"instant turn; per-delta {d['per_delta_commands_per_turn']:.0f} cmds/turn",
+        f"{d['cpu_ratio']:.2f}",
+        "<= 40 cmds; <= 1.5x CPU; <= 100 ms",
+        d["redis_commands_per_turn"] <= 40 and d["cpu_ratio"] <= 1.5 and d["hold_p99_ms"] <= 100,
+    )
+
+
+def _b10(d: dict[str, Any]) -> Row:
+    return (
+        f"{d['max_in_flight']:.0f} in flight ({d['max_model_calls_in_flight']:.0f} model calls); "
+        f"{d['rss_mb_per_100_in_flight']:.1f} MB per 100; {d['max_threads']:.0f} threads",
+        f"{d['turns']:.0f} turns of {d['model_seconds']:.0f} s",
+        "-",
+        ">= 1,000 in flight",
+        d["max_in_flight"] >= 1000,
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "B1": _b1, "B2": _b2, "B3": _b3, "B4": _b4, "B5": _b5, "B6": _b6, "B7": _b7,
+    "B9": _b9, "B10": _b10,
 }  # fmt: skip
 
 

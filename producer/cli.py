@@ -8,7 +8,7 @@
     turnq worker [--queues turns]    # a Celery worker (exec's `celery -A workers.app worker`)
     turnq flower [--port 5555]       # Flower behind basic auth (TURNQ_FLOWER_BASIC_AUTH)
     turnq beat | turnq migrate | turnq stub-llm
-    turnq bench [--quick] [--only B2,B4] [--repeat 3]   # benchmarks (source checkout)
+    turnq bench [--quick] [--only B2,B9] [--repeat 3]   # benchmarks (source checkout)
     turnq health --role worker       # exit 0/1: readiness (Redis, Postgres) + liveness
 
 Worker commands exec Celery rather than importing ``workers/``: the client side
@@ -177,17 +177,20 @@ def health(
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
-@app.command("stub-llm")
-def stub_llm(
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8089,
-    latency: Annotated[float, typer.Option(help="seconds per model call")] = 0.0,
-    fail_rate: Annotated[float, typer.Option(help="fraction of calls answered 500")] = 0.0,
-) -> None:
-    """An OpenAI-compatible model server for tests and benchmarks (no network, no key)."""
-    from shared.models.stub_server import serve
+@app.command(
+    "stub-llm",
+    context_settings={  # every option, --help too, goes to the stub's own parser
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
+def stub_llm(ctx: typer.Context) -> None:
+    """An OpenAI-compatible model server for tests and benchmarks (no network, no key):
+    --port, --latency, --fail-rate, --profile realistic, --answer-tokens, --tokens-per-s..."""
+    from shared.models.stub_server import main as serve_stub
 
-    serve(host=host, port=port, latency_s=latency, fail_rate=fail_rate)
+    serve_stub(ctx.args, default_port=8089)
 
 
 @app.command(
@@ -199,7 +202,7 @@ def stub_llm(
     },
 )
 def bench(ctx: typer.Context) -> None:
-    """Benchmarks B1..B7 beside their baselines (from a source checkout): --quick, --only B2."""
+    """Benchmarks B1..B10 beside their baselines (from a source checkout): --quick, --only B2."""
     from ops.processes import ROOT
 
     if not (ROOT / "benchmarks" / "run.py").exists():

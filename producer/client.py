@@ -146,23 +146,39 @@ def _terminal_event(fields: dict[Any, Any], also: frozenset[str] = frozenset()) 
 
 
 class AsyncClient:
-    def __init__(self, settings: Settings, db: Database, redis: aioredis.Redis, celery: Celery):
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        redis: aioredis.Redis,
+        celery: Celery,
+        broker: aioredis.Redis | None = None,
+    ):
         self.settings = settings
         self.db = db
         self.store = ProducerStore(db)
-        self.redis = redis
+        self.redis = redis  # state: event streams, the cancel channel
+        self.broker = broker or redis  # kicks go onto Celery's queues here
         self.celery = celery
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> AsyncClient:
+        """Kicks get a pool of their own, so they never wait behind blocked readers (each
+        ``events``/``wait`` holds a state connection while it blocks: redis-py's default
+        pool of 100 refused the 101st, and kicks with it)."""
         s = settings or get_settings()
+        redis = aioredis.Redis.from_url(
+            s.require_redis_url(), socket_timeout=10, max_connections=s.client_redis_connections
+        )
+        broker = aioredis.Redis.from_url(s.require_broker_url(), socket_timeout=10)
         return cls(
             s,
             Database.connect(
                 s.require_database_url(), s.db_pool_size, s.db_pool_timeout_s, s.namespace
             ),
-            aioredis.Redis.from_url(s.require_redis_url(), socket_timeout=10),
+            redis,
             make_celery(s),
+            broker,
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -176,6 +192,8 @@ class AsyncClient:
     async def close(self) -> None:
         await self.db.close()
         await self.redis.aclose()
+        if self.broker is not self.redis:
+            await self.broker.aclose()
 
     # ------------------------------------------------------------------ writes
     async def enqueue(
@@ -269,7 +287,7 @@ class AsyncClient:
 
     async def _kick(self, internal_session_id: str) -> None:
         try:
-            await send_kick(self.redis, self.celery, keys.DRAIN_TASK, internal_session_id)
+            await send_kick(self.broker, self.celery, keys.DRAIN_TASK, internal_session_id)
         except Exception:  # the turn is committed: the reaper will kick it
             log.warning("kick not sent; the reaper will pick the turn up", exc_info=True)
 
@@ -441,6 +459,9 @@ class AsyncClient:
         idle_timeout: float = 300.0,
     ) -> AsyncIterator[tuple[str, dict[str, str]]]:  # fmt: skip
         """The turn's events (status, text deltas, tool calls/outputs) from ``last_event_id``.
+
+        Text deltas come coalesced (one per ``TURNQ_STREAM_FLUSH_MS`` at most, holding the
+        joined text); every other event follows exactly the text that preceded it.
 
         Ends after the terminal status event.  Events live in a Redis stream with a TTL;
         Postgres is checked whenever the stream is quiet, so a lost event (a flushed

@@ -17,6 +17,9 @@ Why these settings (measured in ``shared/research/celery-redis.md``):
   slots, so kicks never sit behind a busy worker while another idles.
 * ``task_ignore_result``: results live in Postgres; no result backend round trips.
 * Messages carry ids only (I10): JSON serializer, args = [session_id].
+* The broker is ``TURNQ_BROKER_URL`` (default: the state Redis, ``TURNQ_REDIS_URL``): the
+  queues can live on a Redis of their own, sized and restarted apart from the locks and
+  event streams (``shared/keys.py`` says which key lives where).
 * Beat (``beat_schedule``): reaper, cluster metrics snapshot, session retention, all on
   the ``maintenance`` queue and each guarded by its own single-runner Redis lock, so a
   second beat is harmless.  ``HeartbeatScheduler`` writes beat's liveness file.
@@ -59,7 +62,7 @@ def make_celery(settings: Settings, *, main: str = "turnq") -> Celery:
         "health_check_interval": 10,
     }
     app.conf.update(
-        broker_url=settings.redis_url,
+        broker_url=settings.broker,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         visibility_timeout=vt,

@@ -131,21 +131,21 @@ def check_heartbeat(settings: Settings, role: str, now: float | None = None) -> 
     return Check("heartbeat", True, f"{len(live)} {role} process(es), newest {newest:.1f}s ago")
 
 
-def check_redis(settings: Settings, timeout: float) -> Check:
+def check_redis(settings: Settings, timeout: float, role: str = "redis") -> Check:
+    """PING the state Redis, or the broker (``role="broker"``, TURNQ_BROKER_URL)."""
     import redis
 
     started = time.perf_counter()
     try:
-        client = redis.Redis.from_url(
-            settings.require_redis_url(), socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        url = settings.require_broker_url() if role == "broker" else settings.require_redis_url()
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             client.ping()
         finally:
             client.close()
     except Exception as exc:
-        return Check("redis", False, redact(f"{type(exc).__name__}: {exc}")[:300])
-    return Check("redis", True, f"{(time.perf_counter() - started) * 1000:.1f} ms")
+        return Check(role, False, redact(f"{type(exc).__name__}: {exc}")[:300])
+    return Check(role, True, f"{(time.perf_counter() - started) * 1000:.1f} ms")
 
 
 def check_postgres(settings: Settings, timeout: float) -> Check:
@@ -182,6 +182,8 @@ def run_checks(settings: Settings, role: Role, probe: Probe, timeout: float) -> 
     jobs: list[tuple[str, Callable[[], Check]]] = []
     if probe in ("readiness", "all"):
         jobs.append(("redis", lambda: check_redis(settings, timeout)))
+        if settings.separate_broker:
+            jobs.append(("broker", lambda: check_redis(settings, timeout, "broker")))
         jobs.append(("postgres", lambda: check_postgres(settings, timeout)))
     if probe in ("liveness", "all"):
         if role == "gateway":

@@ -36,6 +36,14 @@ Keys are built by functions so the layout lives in one place:
                                          shows as missing gauges, not frozen ones.  Every
                                          process's /metrics reads it (shared.metrics).
 
+Two roles, which may be two servers (``TURNQ_BROKER_URL``; one server by default):
+
+* **state** (``TURNQ_REDIS_URL``): every key above and the cancel channel;
+* **broker** (``TURNQ_BROKER_URL``): Celery's queues (``queue(name)``, ``queue_keys``: the
+  kicks; the producer's direct kick LPUSHes here), kombu's ``unacked`` / ``unacked_index``
+  / ``unacked_mutex`` and ``_kombu.binding.*`` keys, and the control and task-event
+  channels (Flower, ``celery inspect``).  Queue depths are read here.
+
 ``namespace`` (Settings.namespace; the ``ns`` argument overrides it) is prefixed
 to every key and queue so several
 deployments, or parallel test runs, can share one Redis.  Postgres is the source

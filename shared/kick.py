@@ -1,6 +1,6 @@
 """A producer's kick: a Celery task message pushed with one LPUSH on its own async Redis.
 
-    await send_kick(redis, app, DRAIN_TASK, session_id)
+    await send_kick(broker, app, DRAIN_TASK, session_id)   # broker: TURNQ_BROKER_URL's Redis
 
 ``app.send_task`` is synchronous: from an event loop it needs a thread hop, and with
 kombu's producer machinery it costs ~0.45 ms a kick against ~0.08 ms for the LPUSH
@@ -45,6 +45,6 @@ def kick_message(app: Celery, task: str, session_id: str) -> tuple[str, bytes]:
     return queue, json.dumps(envelope).encode()
 
 
-async def send_kick(redis: Redis, app: Celery, task: str, session_id: str) -> None:
+async def send_kick(broker: Redis, app: Celery, task: str, session_id: str) -> None:
     queue, message = kick_message(app, task, session_id)
-    await redis.lpush(queue, message)
+    await broker.lpush(queue, message)

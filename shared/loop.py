@@ -2,6 +2,7 @@
 
     portal = LoopThread("turnq-client")
     value = portal.run(some_coroutine())
+    future = portal.submit(some_coroutine())    # a concurrent.futures.Future; no waiting
     portal.stop()
 
 Used by the sync ``producer.Client`` and by each worker process (one loop shared
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -25,7 +27,10 @@ class LoopThread:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.submit(coro).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
         if self.loop.is_closed():

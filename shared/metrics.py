@@ -101,6 +101,12 @@ MODEL_SECONDS = Histogram(
     "of transient model errors, any outcome.",
     buckets=_SECONDS,
 )
+STREAM_TEXT_HOLD = Histogram(
+    "turnq_stream_text_hold_seconds",
+    "How long a turn's oldest streamed text waited in the worker to be coalesced into one "
+    "event-stream entry (TURNQ_STREAM_FLUSH_MS), per entry: the most it delayed a viewer.",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.25, 0.5, 1),
+)
 TURN_TOKENS = Histogram(
     "turnq_turn_tokens",
     "Tokens of a succeeded turn as the model reported them, summed over its model calls "

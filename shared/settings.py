@@ -3,6 +3,7 @@
     from shared.settings import get_settings
     s = get_settings()            # cached; tests call get_settings.cache_clear()
     s.redis_url, s.database_url   # None until a dev stack or the environment provides them
+    s.broker                      # Celery's queues: TURNQ_BROKER_URL, else the same Redis
 
 No other module reads ``os.environ``.  URLs may be left unset: ``turnq dev`` and
 ``turnq demo`` then start an embedded Redis and Postgres and write their
@@ -28,7 +29,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TURNQ_", extra="ignore")
 
     # --- where things are -------------------------------------------------
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        default=None,
+        description="turnq's state: session locks, turn event streams, the cancel channel, "
+        "rate limits, compaction and beat marks, the metrics snapshot",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery's broker (the queues, unacked kicks, control and task events); "
+        "unset: the same server as redis_url",
+    )
     database_url: str | None = None
     data_dir: Path = Path(".turnq")
     namespace: str = Field(
@@ -64,6 +74,13 @@ class Settings(BaseSettings):
     model_retry_backoff_s: float = Field(default=0.5, ge=0)
     model_retry_max_delay_s: float = Field(default=30.0, ge=0)
     model_retry_budget_s: float = Field(default=120.0, ge=0)
+    # the offline model's answer shape (shared/models/profile.py); the stub server takes
+    # the same as `turnq stub-llm --profile ...` options.  None: the profile's own value.
+    model_profile: Literal["instant", "realistic"] = "instant"
+    model_answer_tokens: int | None = Field(default=None, ge=0)
+    model_tokens_per_s: str | None = Field(default=None, description='"80" or "60-100"')
+    model_tool_first: bool | None = None
+    model_jitter_s: float | None = Field(default=None, ge=0)
 
     # --- turn pipeline ----------------------------------------------------
     lock_ttl_s: float = Field(default=30.0, gt=0.2)
@@ -89,9 +106,31 @@ class Settings(BaseSettings):
         "held across a model call, so a few connections serve hundreds of turns in flight.",
     )
     db_pool_timeout_s: float = 30.0
+    client_redis_connections: int = Field(
+        default=10_000,
+        ge=10,
+        description="Redis (state) connections of a producer or gateway process: each "
+        "reader waiting on a turn (an SSE stream, client.wait) holds one while it blocks",
+    )
+    redis_pool_size: int = Field(
+        default=64,
+        ge=4,
+        description="Redis (state) connections per worker process; commands wait for a free "
+        "one.  Each command holds one for a round trip, so a few dozen serve thousands of "
+        "turns in flight; an unbounded pool grew to one per turn under load",
+    )
     max_content_bytes: int = Field(default=32 * 1024, ge=1)
     max_id_length: int = Field(default=128, ge=8, le=512)
     events_ttl_s: int = 3600
+    stream_flush_ms: int = Field(
+        default=50,
+        ge=0,
+        description="text deltas of a turn are coalesced into one event-stream entry at "
+        "most this often (0: one entry per delta)",
+    )
+    stream_flush_chars: int = Field(
+        default=512, ge=1, description="... or as soon as this many characters wait"
+    )
 
     # --- context budget and compaction (per-agent overrides: TURNQ_CONTEXT in the agent's module)
     context_window_tokens: int = Field(default=128_000, ge=256)
@@ -206,7 +245,7 @@ class Settings(BaseSettings):
         default=True, description="/healthz asks Celery which workers consume the turns queue"
     )
 
-    @field_validator("redis_url", "database_url", mode="before")
+    @field_validator("redis_url", "broker_url", "database_url", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -270,6 +309,18 @@ class Settings(BaseSettings):
                 f"(no {self.data_dir / STACK_FILE}); set it, or start `turnq dev`"
             )
         return self.redis_url
+
+    @property
+    def broker(self) -> str | None:
+        """The broker's URL: ``broker_url``, else the state Redis (one server for both)."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def separate_broker(self) -> bool:
+        return self.broker_url is not None and self.broker_url != self.redis_url
+
+    def require_broker_url(self) -> str:
+        return self.broker_url or self.require_redis_url()
 
     @property
     def libpq_database_url(self) -> str:

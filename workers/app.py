@@ -2,6 +2,8 @@
 
 Tasks are thin adapters: validate the id, hand the coroutine to the process's one
 event loop (``workers.runtime``), and return.  Policy lives in ``workers/turn.py``.
+A drain does not even wait for its coroutine: it runs on while the task's thread is
+free again, and its kick is acked when it ends (``workers/handoff.py``, decision 0009).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from celery import signals
+from celery.utils.time import get_exponential_backoff_interval
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -33,6 +36,7 @@ from shared.metrics import register_cluster_collector
 from shared.settings import get_settings
 from workers.broker import survive_broker_connection_loss
 from workers.compact import compact
+from workers.handoff import DrainRequest, DrainsInFlight, hand_off
 from workers.maintenance import WorkerHeartbeat, expire_sessions, publish_cluster_metrics
 from workers.reaper import reap
 from workers.runtime import Runtime, close_runtime, get_runtime
@@ -45,9 +49,12 @@ app = make_celery(get_settings())
 survive_broker_connection_loss()  # a Redis restart must not take the worker down
 
 
-def send(task: str, session_id: str) -> None:
+app.steps["worker"].add(DrainsInFlight)  # warm shutdown waits for the handed-off drains
+
+
+def send(task: str, session_id: str, **options: Any) -> None:
     """Publish a kick (ids only); routes put drains on `turns`, compactions on `summarize`."""
-    app.send_task(task, args=[session_id])
+    app.send_task(task, args=[session_id], **options)
 
 
 def runtime() -> Runtime:
@@ -89,19 +96,50 @@ INFRASTRUCTURE_ERRORS = (
 @app.task(
     name=DRAIN_TASK,
     ignore_result=True,
+    Request=DrainRequest,
     autoretry_for=INFRASTRUCTURE_ERRORS,
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=True,
     max_retries=8,
 )
-def drain_task(session_id: Any) -> int:
+def drain_task(session_id: Any) -> None:
+    """Hand the drain to the loop and return: a turn in flight holds no thread."""
     sid = _valid_uuid(session_id)
     if sid is None:
         log.error("drain: ignoring a kick with an invalid session id")
-        return 0
+        return
     rt = runtime()
-    return rt.run(_in_context(drain(rt, sid), **_task_fields(drain_task, session_id=sid)))
+    request = drain_task.request
+    job = _in_context(
+        drain_or_retry(rt, sid, request.retries or 0), **_task_fields(drain_task, session_id=sid)
+    )
+    if request.id is None:  # called directly, not by a worker: nothing to ack later
+        rt.run(job)
+        return
+    hand_off(request.id, rt.start(job))
+
+
+async def drain_or_retry(rt: Runtime, session_id: str, retries: int) -> int:
+    """The drain, retried with the task's own backoff when Postgres or Redis failed.
+
+    It runs after its task returned, so Celery's ``autoretry_for`` cannot see its errors:
+    this sends the retry itself, as ``Task.retry`` would (a new kick with a countdown).
+    Out of retries, the reaper re-kicks the session once it is reachable again.
+    """
+    try:
+        return await drain(rt, session_id)
+    except INFRASTRUCTURE_ERRORS as exc:
+        error = type(exc).__name__
+        if retries >= drain_task.max_retries:
+            log.warning("drain failed, out of retries; the reaper re-kicks", extra={"error": error})
+            return 0
+        countdown = get_exponential_backoff_interval(
+            drain_task.retry_backoff, retries, drain_task.retry_backoff_max, drain_task.retry_jitter
+        )
+        log.info("drain failed; retrying", extra={"error": error, "countdown": countdown})
+        await rt.kick(DRAIN_TASK, session_id, countdown=countdown, retries=retries + 1)
+        return 0
 
 
 @app.task(
@@ -142,7 +180,9 @@ def retention_task() -> int:
 def cluster_metrics_task() -> bool:
     """Snapshot queue depths and turn counts into Redis for every /metrics to expose."""
     rt = runtime()
-    job = publish_cluster_metrics(rt.redis, rt.db.engine, rt.settings, rt.policy.trigger_tokens)
+    job = publish_cluster_metrics(
+        rt.redis, rt.db.engine, rt.settings, rt.policy.trigger_tokens, broker=rt.broker
+    )
     return rt.run(_in_context(job, **_task_fields(cluster_metrics_task))) is not None
 
 

@@ -1,7 +1,7 @@
 """Beat jobs besides the reaper, and the heartbeats behind ``turnq health``.
 
     await expire_sessions(redis, engine, settings)                 # turnq.retention
-    await publish_cluster_metrics(redis, engine, settings, trigger) # turnq.cluster_metrics
+    await publish_cluster_metrics(redis, engine, settings, trigger, broker=broker)  # metrics
 
 Each job runs at most once per interval however many beats send it (a second beat,
 a duplicate or redelivered message): the first runner takes ``keys.beat_job_key(job)``
@@ -96,9 +96,11 @@ async def publish_cluster_metrics(
     settings: Settings,
     trigger_tokens: int,
     *,
+    broker: aioredis.Redis | None = None,
     force: bool = False,
 ) -> ClusterSnapshot | None:
-    """Measure queues and turns, store the snapshot in Redis; None if not our turn."""
+    """Measure queues (on ``broker``, default ``redis``) and turns, store the snapshot in the
+    state ``redis``; None if not our turn."""
     interval = settings.cluster_metrics_interval_s
     if not force:
         try:
@@ -112,7 +114,7 @@ async def publish_cluster_metrics(
     try:
         stats, depths = await asyncio.gather(
             cluster_stats(engine, trigger_tokens=trigger_tokens, namespace=settings.namespace),
-            queue_depths(redis),
+            queue_depths(broker or redis),
         )
         snap = ClusterSnapshot(
             taken_at=time.time(),

@@ -95,7 +95,7 @@ async def _request_overdue_compactions(rt: Runtime) -> None:
     overdue = await CompactionStore(rt.db).over_budget(rt.policy.trigger_tokens, BATCH)
     if not overdue:
         return
-    queued = await rt.redis.llen(keys.queue(keys.SUMMARIZE_QUEUE, rt.settings.namespace))
+    queued = await rt.broker.llen(keys.queue(keys.SUMMARIZE_QUEUE, rt.settings.namespace))
     stale = rt.settings.reaper_stale_s if queued == 0 else None
     for sid in overdue:
         await request_compaction(rt, sid, stale_after_s=stale)

@@ -1,22 +1,24 @@
 """One long-lived asyncio loop per worker process, shared by every Celery thread.
 
-Celery's ``threads`` pool hands each kick to a thread; the thread submits the
-drain coroutine to this loop and waits.  All model calls, Postgres and Redis I/O
-of the process therefore share one loop, one connection pool and one HTTP client,
-and hundreds of turns are in flight at once while each thread only blocks (I6).
-A single loop also avoids "attached to a different loop" errors that per-task
-``asyncio.run`` causes with pooled async clients.
+Celery's ``threads`` pool hands each kick to a thread; the thread submits the drain
+coroutine to this loop and returns (``workers/handoff.py``: its kick is acked when the
+drain ends).  All model calls, Postgres and Redis I/O of the process therefore share one
+loop, one connection pool and one HTTP client, and thousands of turns are in flight at
+once without a thread each (I6).  A single loop also avoids "attached to a different
+loop" errors that per-task ``asyncio.run`` causes with pooled async clients.
 
     rt = get_runtime()
-    rt.run(drain(rt, session_id))
+    future = rt.start(drain(rt, session_id))    # runs on; rt.run(...) waits for it
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,14 +52,15 @@ class Runtime:
     settings: Settings
     portal: LoopThread
     db: Database
-    redis: aioredis.Redis
+    redis: aioredis.Redis  # state: locks, event streams, cancel channel, marks
+    broker: aioredis.Redis  # Celery's queues (depth reads); the same client on one server
     registry: Registry
     run_config: RunConfig
     policy: ContextPolicy
     estimator: TokenEstimator
     approval_ttl: tuple[float, dict[str, float]] = (24 * 3600.0, {})
     calibration: float = 1.0  # measured/estimated tokens, updated as models report usage
-    send: Callable[[str, str], None] | None = None  # (task name, session id); set by workers.app
+    send: Callable[..., None] | None = None  # (task name, session id, **options); workers.app
     _summarizer: Summarizer | None = None
     _cancels: CancelListener | None = None
     stopping: bool = False  # warm shutdown began: finish the current turn, claim no more
@@ -73,16 +76,18 @@ class Runtime:
             self._cancels = CancelListener(self)
         return self._cancels
 
-    def send_task(self, task: str, session_id: str) -> None:
+    def send_task(self, task: str, session_id: str, **options: Any) -> None:
         if self.send is None:
             raise RuntimeError("runtime has no sender; workers.app sets it")
-        self.send(task, session_id)
+        self.send(task, session_id, **options)
 
-    async def kick(self, task: str, session_id: str, wait_s: float = 10.0) -> bool:
+    async def kick(self, task: str, session_id: str, wait_s: float = 10.0, **options: Any) -> bool:
         """Publish a kick from the loop without ever hanging it (a publish can block on
-        the broker connection pool); a kick that is not sent is left to the reaper."""
+        the broker connection pool); a kick that is not sent is left to the reaper.
+        ``options``: Celery's (``countdown``, ``retries``)."""
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.send_task, task, session_id), wait_s)
+            send = functools.partial(self.send_task, task, session_id, **options)
+            await asyncio.wait_for(asyncio.to_thread(send), wait_s)
             return True
         except Exception:
             log.warning("kick not sent; the reaper will retry", extra={"task": task}, exc_info=True)
@@ -98,12 +103,18 @@ class Runtime:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self.portal.run(coro, timeout)
 
+    def start(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run on the loop without waiting (a handed-off drain)."""
+        return self.portal.submit(coro)
+
     def close(self) -> None:
         async def _close() -> None:
             if self._cancels is not None:
                 await self._cancels.close()
             await self.db.close()
             await self.redis.aclose()
+            if self.broker is not self.redis:
+                await self.broker.aclose()
 
         try:
             self.run(_close(), timeout=10)
@@ -135,23 +146,30 @@ def close_runtime() -> None:
 def _build(settings: Settings) -> Runtime:
     portal = LoopThread("turnq-loop")
 
-    async def _connect() -> tuple[Database, aioredis.Redis]:
+    async def _connect() -> tuple[Database, aioredis.Redis, aioredis.Redis]:
         db = Database.connect(
             settings.require_database_url(),
             settings.db_pool_size,
             settings.db_pool_timeout_s,
             namespace=settings.namespace,
         )
-        redis = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.require_redis_url(),
+            max_connections=settings.redis_pool_size,
+            timeout=10,  # waiting for a free connection: then a RedisError, as if Redis were down
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=10,
-            max_connections=max(50, settings.worker_concurrency * 2),
         )
-        return db, redis
+        redis = aioredis.Redis.from_pool(pool)
+        broker = redis
+        if settings.separate_broker:  # only queue depths are read here: a few connections
+            broker = aioredis.Redis.from_url(
+                settings.require_broker_url(), socket_timeout=10, socket_connect_timeout=5
+            )
+        return db, redis, broker
 
-    db, redis = portal.run(_connect())
+    db, redis, broker = portal.run(_connect())
     registry = registry_for(settings.agent, settings.context_factory)
     wrap_agent_models(registry, settings.chat_model)  # every model call through turnq
     wrap_tools(  # every tool call journaled (I14)
@@ -174,6 +192,7 @@ def _build(settings: Settings) -> Runtime:
         portal,
         db,
         redis,
+        broker,
         registry,
         run_config,
         policy=policy,

@@ -2,12 +2,12 @@
 
     cancels = CancelListener(rt)          # one per worker process: one SUBSCRIBE
     stop = cancels.register(turn_id)      # an asyncio.Event set when a cancel arrives
-    outbox = Outbox(rt, turn_id)           # events go out in order, batched
+    outbox = Outbox(rt, turn_id)           # events go out in order; text deltas coalesced
     result = await stream_run(rt, agent, turn_id, model_input, run_config, stop, outbox)
 
-Events (``keys.events_key``): ``delta`` (text), ``tool_call``, ``tool_output``,
-``retry``; status events come from ``workers/turn.py``.  Clients read them through
-``AsyncClient.events`` (SSE in the gateway), resuming from any event id.
+Events (``keys.events_key``): ``delta`` (text, coalesced: see ``Outbox``), ``tool_call``,
+``tool_output``, ``retry``; status events come from ``workers/turn.py``.  Clients read them
+through ``AsyncClient.events`` (SSE in the gateway), resuming from any event id.
 
 A cancel request stops the run at its next safe point (``after_turn``: the current
 model call and its tool calls finish) for ``interrupt``, or at once for ``rollback``,
@@ -22,13 +22,14 @@ import contextlib
 import contextvars
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from agents import Agent, RunConfig, RunHooks, Runner
 from agents.result import RunResultStreaming
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, metrics
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -141,8 +142,12 @@ def _guarded(agent: Agent[Any], run_config: RunConfig) -> bool:
 class Outbox:
     """A turn's stream events, sent in order without making the run wait for Redis.
 
-    One sender at a time takes everything queued so far in one pipeline, so a burst of
-    text deltas costs one round trip instead of one each.
+    Text deltas are coalesced: the text of consecutive deltas waits in ``pending`` until
+    ``stream_flush_ms`` after the first of them, or until it reaches ``stream_flush_chars``,
+    and then goes out as one ``delta`` entry holding the joined text.  Any other event
+    (tool call or output, retry, status) first moves the pending text out, then goes at
+    once: it is never delayed behind text, and the order is kept.  One sender at a time
+    takes everything queued so far in one pipeline, so a burst costs one round trip.
 
     While an agent with output guardrails runs, its events (text, tool calls, retries)
     are held and sent only once the run ended with its output passing them: text that
@@ -153,7 +158,13 @@ class Outbox:
     def __init__(self, rt: Runtime, turn_id: str) -> None:
         self.rt = rt
         self.turn_id = turn_id
+        self.flush_s = rt.settings.stream_flush_ms / 1000
+        self.flush_chars = rt.settings.stream_flush_chars
         self.queued: list[dict[str, Any]] = []
+        self.pending: list[str] = []
+        self.pending_chars = 0
+        self.pending_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self.sender: asyncio.Task[None] | None = None
         self.held: list[dict[str, Any]] | None = None  # None: not holding
 
@@ -173,8 +184,39 @@ class Outbox:
         if self.held is not None and event.get("type") != "status":
             self.held.append(event)
             return
+        if event.get("type") == "delta" and self.flush_s > 0:
+            text = str(event.get("text", ""))
+            if not self.pending:
+                self.pending_since = time.perf_counter()
+            self.pending.append(text)
+            self.pending_chars += len(text)
+            if self.pending_chars >= self.flush_chars:
+                self._move_text()
+                self._send_soon()
+            elif self.timer is None:
+                self.timer = asyncio.get_running_loop().call_later(self.flush_s, self._on_timer)
+            return
+        self._move_text()
         self.queued.append(event)
-        if self.sender is None or self.sender.done():
+        self._send_soon()
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self._move_text()
+        self._send_soon()
+
+    def _move_text(self) -> None:
+        """The pending text, joined, to the end of the send queue."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pending:
+            self.queued.append({"type": "delta", "text": "".join(self.pending)})
+            self.pending, self.pending_chars = [], 0
+            metrics.STREAM_TEXT_HOLD.observe(time.perf_counter() - self.pending_since)
+
+    def _send_soon(self) -> None:
+        if self.queued and (self.sender is None or self.sender.done()):
             self.sender = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
@@ -183,7 +225,10 @@ class Outbox:
             await publish(self.rt, self.turn_id, *batch)
 
     async def flushed(self) -> None:
-        """Wait until everything added so far is sent (or Redis gave up)."""
+        """Send the pending text now and wait until everything added so far is sent (or
+        Redis gave up): the end of a run, whatever ended it."""
+        self._move_text()
+        self._send_soon()
         if self.sender is not None:
             await self.sender
 

@@ -142,17 +142,26 @@ def _add_operational_routes(app: FastAPI) -> None:
         "/healthz",
         response_model=Health,
         responses={503: {"model": Health, "description": "Postgres or Redis not answering"}},
-        summary="Dependencies: postgres, redis (required), workers (reported)",
+        summary="Dependencies: postgres, redis, broker if separate (required), workers (reported)",
         tags=["operations"],
     )
     async def healthz(request: Request) -> JSONResponse:
         gw = gateway_of(request)
-        pg, redis = await asyncio.gather(_check_postgres(gw.client), _check_redis(gw.client))
-        workers = await _check_workers(gw) if redis.status == "ok" else Dep(status="unknown")
-        ok = pg.status == "ok" and redis.status == "ok"
+        client = gw.client
+        checks = [_check_postgres(client), _timed(client.redis.ping)]
+        if gw.settings.separate_broker:  # TURNQ_BROKER_URL: the queues' own server
+            checks.append(_timed(client.broker.ping))
+        pg, redis, *broker = await asyncio.gather(*checks)
+        required = {"postgres": pg, "redis": redis, **({"broker": broker[0]} if broker else {})}
+        ok = all(dep.status == "ok" for dep in required.values())
+        workers = (
+            await _check_workers(gw)
+            if (broker or [redis])[0].status == "ok"
+            else Dep(status="unknown")
+        )
         health = Health(
             status="ok" if ok else "unavailable",
-            checks={"postgres": pg, "redis": redis, "workers": workers},
+            checks={**required, "workers": workers},
         )
         return JSONResponse(health.model_dump(exclude_none=True), status_code=200 if ok else 503)
 
@@ -185,13 +194,6 @@ async def _check_postgres(client: AsyncClient) -> Dep:
             await conn.execute(text("SELECT 1"))
 
     return await _timed(query)
-
-
-async def _check_redis(client: AsyncClient) -> Dep:
-    async def ping() -> None:
-        await client.redis.ping()
-
-    return await _timed(ping)
 
 
 async def _check_workers(gw: Gateway) -> Dep:

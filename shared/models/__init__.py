@@ -16,18 +16,30 @@ from typing import TYPE_CHECKING
 from agents import Model, ModelProvider, OpenAIChatCompletionsModel, OpenAIResponsesModel
 
 from shared.models.offline import OfflineModel, OfflineModelProvider
+from shared.models.profile import ModelProfile
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
     from shared.settings import Settings
 
-__all__ = ["OfflineModel", "OfflineModelProvider", "build_model_provider", "chat_model"]
+__all__ = [
+    "OfflineModel",
+    "OfflineModelProvider",
+    "build_model_provider",
+    "chat_model",
+    "offline_profile",
+]
 
 
 def _client(settings: Settings) -> AsyncOpenAI:
-    from openai import AsyncOpenAI
+    import httpx2
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
+    # One connection per model call in flight: the SDK's default pool (1,000 connections,
+    # 100 kept alive) would queue a worker's calls beyond that and reconnect after bursts.
+    connections = max(1000, settings.worker_concurrency + 100)
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     # "unused": a base_url-only setup (stub server, local gateway) still needs a non-empty key.
     # max_retries=0: turnq's retry policy (workers/retry.py) is the one retry layer.
     return AsyncOpenAI(
@@ -35,6 +47,7 @@ def _client(settings: Settings) -> AsyncOpenAI:
         base_url=settings.openai_base_url,
         timeout=settings.model_timeout_s,
         max_retries=0,
+        http_client=DefaultAsyncHttpxClient(limits=limits),
     )
 
 
@@ -58,15 +71,26 @@ class _OpenAIProvider(ModelProvider):
         await self._client.close()
 
 
+def offline_profile(settings: Settings) -> ModelProfile:
+    """The offline model's answer shape: ``TURNQ_MODEL_PROFILE`` and its overrides."""
+    return ModelProfile.build(
+        settings.model_profile,
+        answer_tokens=settings.model_answer_tokens,
+        tokens_per_s=settings.model_tokens_per_s,
+        tool_first=settings.model_tool_first,
+        jitter_s=settings.model_jitter_s,
+    )
+
+
 def build_model_provider(settings: Settings) -> ModelProvider:
     """The provider for ``RunConfig(model_provider=...)``, offline or OpenAI per settings."""
     if settings.use_offline_model:
-        return OfflineModelProvider()
+        return OfflineModelProvider(profile=offline_profile(settings))
     return _OpenAIProvider(settings)
 
 
 def chat_model(settings: Settings) -> Model:
     """The model for ``RunConfig(model=...)``: ``settings.chat_model`` on the chosen backend."""
     if settings.use_offline_model:
-        return OfflineModel()
+        return OfflineModel(profile=offline_profile(settings))
     return _openai_model(settings.chat_model, settings, _client(settings))

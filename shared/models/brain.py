@@ -27,7 +27,15 @@ from typing import Any
 
 from shared.tokens import ATTACHMENT_TOKENS, text_and_attachments
 
-__all__ = ["Reply", "ToolCall", "ToolSpec", "estimate_tokens", "item_text", "think"]
+__all__ = [
+    "Reply",
+    "ToolCall",
+    "ToolSpec",
+    "estimate_tokens",
+    "first_tool_call",
+    "item_text",
+    "think",
+]
 
 
 @dataclass(frozen=True)
@@ -476,3 +484,24 @@ def think(
     if not message:
         return Reply(text="Hello! How can I help?")
     return Reply(text=f"Noted: {message[:80]}")
+
+
+def first_tool_call(items: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec]) -> Reply | None:
+    """A call for a model that looks something up before every answer (the realistic
+    profile's tool-first flow): the tool the brain would pick, else the first one, with
+    the message's names as arguments.  None without tools or once this turn called one."""
+    if not tools:
+        return None
+    users = _user_indices(items)
+    start = users[-1] + 1 if users else 0
+    if any(item.get("type") == "function_call" for item in items[start:]):
+        return None
+    message = item_text(items[users[-1]].get("content")).strip() if users else ""
+    chosen = _choose_tools(message, items, users, tools)
+    if chosen is not None and chosen.tool_calls:
+        return chosen
+    tool = tools[0]
+    entities = extract_entities(message, extra_stop=tool_topics(tool)) or ["turnq"]
+    params = _required_strings(tool)
+    arguments = {p: entities[min(i, len(entities) - 1)] for i, p in enumerate(params)}
+    return Reply(tool_calls=(ToolCall(tool.name, arguments),))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -49,6 +49,7 @@ from openai.types.responses.response_prompt_param import ResponsePromptParam
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from shared.models.brain import Reply, ToolSpec, estimate_tokens, think
+from shared.models.profile import ModelProfile, Pace, tokens
 
 __all__ = [
     "OfflineModel",
@@ -59,6 +60,7 @@ __all__ = [
     "plain_items",
     "reply_usage",
     "response_stream_events",
+    "response_text",
     "tool_specs",
 ]
 
@@ -153,9 +155,13 @@ def brain_response(
     items: Sequence[Mapping[str, Any]],
     tools: Sequence[ToolSpec],
     model: str = OFFLINE_MODEL_NAME,
+    profile: ModelProfile | None = None,
 ) -> Response:
-    """Ask the brain and wrap its reply as a completed Responses ``Response`` with usage."""
+    """Ask the brain (shaped by ``profile``) and wrap its reply as a completed Responses
+    ``Response`` with usage."""
     reply = think(instructions, items, tools)
+    if profile is not None:
+        reply = profile.shape(reply, items, tools)
     prompt, completion = reply_usage(instructions, items, tools, reply)
     return Response(
         id=f"resp_{_digest(items, 'resp')}",
@@ -178,9 +184,15 @@ def brain_response(
     )
 
 
-def _chunks(text: str) -> list[str]:
-    """Word-sized deltas, so streaming consumers see more than one token."""
-    return re.findall(r"\S+\s*|\s+", text) or [""]
+def response_text(response: Response) -> str:
+    """The text of a response's output messages (empty for a tool call)."""
+    return "".join(
+        part.text
+        for item in response.output
+        if isinstance(item, ResponseOutputMessage)
+        for part in item.content
+        if isinstance(part, ResponseOutputText)
+    )
 
 
 def _item_events(item: TResponseOutputItem, index: int, seq: int) -> Iterator[Any]:
@@ -224,7 +236,7 @@ def _item_events(item: TResponseOutputItem, index: int, seq: int) -> Iterator[An
             part=part.model_copy(update={"text": ""}),
             sequence_number=seq + 1,
         )
-        for delta in _chunks(part.text):
+        for delta in tokens(part.text):
             yield ResponseTextDeltaEvent(
                 type="response.output_text.delta",
                 item_id=item.id,
@@ -277,11 +289,19 @@ def response_stream_events(response: Response) -> Iterator[TResponseStreamEvent]
 
 
 class OfflineModel(Model):
-    """The brain behind the ``agents.Model`` interface; ``latency_s`` simulates a slow model."""
+    """The brain behind the ``agents.Model`` interface; ``latency_s`` simulates a slow model
+    and ``profile`` a production one (long answers streamed at a rate, a tool call first)."""
 
-    def __init__(self, latency_s: float = 0.0, name: str = OFFLINE_MODEL_NAME) -> None:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        name: str = OFFLINE_MODEL_NAME,
+        profile: ModelProfile | None = None,
+    ) -> None:
         self.latency_s = latency_s
         self.name = name
+        self.profile = profile or ModelProfile()
+        self._rng = random.Random()
 
     async def _respond(
         self,
@@ -289,13 +309,17 @@ class OfflineModel(Model):
         input: str | list[TResponseInputItem],
         tools: list[Tool],
         handoffs: list[Handoff],
-    ) -> Response:
-        if self.latency_s > 0:
-            await asyncio.sleep(self.latency_s)
+    ) -> tuple[Response, Pace]:
+        pace = self.profile.pace(self._rng)
+        delay = self.latency_s + pace.first_byte_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        items = plain_items(input)
         specs = tool_specs(tools) + [
             ToolSpec(h.tool_name, h.tool_description, h.input_json_schema) for h in handoffs
         ]
-        return brain_response(system_instructions, plain_items(input), specs, self.name)
+        response = brain_response(system_instructions, items, specs, self.name, self.profile)
+        return response, pace
 
     async def get_response(
         self,
@@ -311,7 +335,10 @@ class OfflineModel(Model):
         conversation_id: str | None,
         prompt: ResponsePromptParam | None,
     ) -> ModelResponse:
-        response = await self._respond(system_instructions, input, tools, handoffs)
+        response, pace = await self._respond(system_instructions, input, tools, handoffs)
+        text = response_text(response)
+        if text and pace.token_interval_s > 0:
+            await asyncio.sleep(pace.generation_s(len(tokens(text))))
         usage = cast(ResponseUsage, response.usage)
         return ModelResponse(
             output=list(response.output),
@@ -338,16 +365,20 @@ class OfflineModel(Model):
         conversation_id: str | None,
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
-        response = await self._respond(system_instructions, input, tools, handoffs)
-        for event in response_stream_events(response):
+        response, pace = await self._respond(system_instructions, input, tools, handoffs)
+        events = response_stream_events(response)
+        frames = ((isinstance(e, ResponseTextDeltaEvent), e) for e in events)
+        async for _, event in pace.paced(frames):
             yield event
 
 
 class OfflineModelProvider(ModelProvider):
     """Serves an ``OfflineModel`` for any model name, so agent model strings need no key."""
 
-    def __init__(self, latency_s: float = 0.0) -> None:
+    def __init__(self, latency_s: float = 0.0, profile: ModelProfile | None = None) -> None:
         self.latency_s = latency_s
+        self.profile = profile
 
     def get_model(self, model_name: str | None) -> Model:
-        return OfflineModel(latency_s=self.latency_s, name=model_name or OFFLINE_MODEL_NAME)
+        name = model_name or OFFLINE_MODEL_NAME
+        return OfflineModel(latency_s=self.latency_s, name=name, profile=self.profile)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shared.models.brain import Reply, ToolSpec, item_text, think
 from shared.models.offline import call_id_for, reply_usage
+from shared.models.profile import ModelProfile, tokens
 
 __all__ = [
     "chat_chunks",
@@ -119,9 +119,15 @@ def _chat_usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 def chat_completion(
-    model: str, instructions: str | None, items: list[dict[str, Any]], tools: list[ToolSpec]
+    model: str,
+    instructions: str | None,
+    items: list[dict[str, Any]],
+    tools: list[ToolSpec],
+    profile: ModelProfile | None = None,
 ) -> tuple[Reply, dict[str, Any], dict[str, int]]:
     reply = think(instructions, items, tools)
+    if profile is not None:
+        reply = profile.shape(reply, items, tools)
     usage = _chat_usage(*reply_usage(instructions, items, tools, reply))
     message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
     if reply.tool_calls:
@@ -168,7 +174,7 @@ def chat_chunks(
         deltas.append(
             {"tool_calls": [{"index": index, "function": {"arguments": fn["arguments"]}}]}
         )
-    deltas += [{"content": piece} for piece in re.findall(r"\S+\s*|\s+", reply.text or "")]
+    deltas += [{"content": piece} for piece in tokens(reply.text or "") if piece]
     chunks = [
         head | {"choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
         for d in deltas

@@ -37,7 +37,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from shared.models.offline import brain_response, response_stream_events
+from shared.models.offline import brain_response, response_stream_events, response_text
+from shared.models.profile import PROFILES, ModelProfile, Pace, tokens
 from shared.models.stub_protocol import (
     chat_chunks,
     chat_completion,
@@ -65,13 +66,29 @@ class StubConfig:
     retry_after_s: float = 1.0
     seed: int = 0
     model: str = "turnq-stub"
+    # the answer's shape (shared.models.profile): instant and short by default
+    answer_tokens: int = 0
+    tokens_per_s: str = "0"
+    tool_first: bool = False
+    jitter_s: float = 0.0
+    stamp: bool = False
 
     def update(self, changes: Mapping[str, Any]) -> None:
+        """Set fields; ``profile`` (a name) first sets the answer fields to that profile's."""
+        changes = dict(changes)
+        named = changes.pop("profile", None)
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:
             raise ValueError(f"unknown stub config fields: {sorted(unknown)}")
-        casts: dict[str, Callable[[Any], Any]] = {"float": float, "int": int, "str": str}
+        if named is not None:
+            self.set_profile(ModelProfile.build(str(named)))
+        casts: dict[str, Callable[[Any], Any]] = {
+            "float": float,
+            "int": int,
+            "str": str,
+            "bool": _bool,
+        }
         for f in fields(self):
             if f.name not in changes:
                 continue
@@ -81,6 +98,30 @@ class StubConfig:
             else:
                 value = casts[str(f.type)](value)
             setattr(self, f.name, value)
+        self.profile()  # refuse what the profile would refuse (a bad rate)
+
+    def set_profile(self, profile: ModelProfile) -> None:
+        low, high = profile.tokens_per_s
+        self.answer_tokens = profile.answer_tokens
+        self.tokens_per_s = f"{low:g}-{high:g}"
+        self.tool_first = profile.tool_first
+        self.jitter_s = profile.jitter_s
+        self.stamp = profile.stamp
+
+    def profile(self) -> ModelProfile:
+        return ModelProfile.build(
+            answer_tokens=self.answer_tokens,
+            tokens_per_s=self.tokens_per_s,
+            tool_first=self.tool_first,
+            jitter_s=self.jitter_s,
+            stamp=self.stamp,
+        )
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
 
 
 @dataclass
@@ -172,9 +213,13 @@ class _TrackedStream(StreamingResponse):
             self._release()
 
 
+def _frame(event: str | None, data: str) -> str:
+    return (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+
+
 async def _sse(payloads: Sequence[tuple[str | None, str]]) -> AsyncIterator[str]:
     for event, data in payloads:
-        yield (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+        yield _frame(event, data)
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -205,26 +250,43 @@ def _error(status: int, state: StubState) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _answer(
-    kind: str, body: Mapping[str, Any], model: str, release: Callable[[], None]
+def _is_token_chunk(chunk: Mapping[str, Any]) -> bool:
+    choices = chunk.get("choices") or []
+    return bool(choices and choices[0].get("delta", {}).get("content"))
+
+
+async def _answer(
+    request: Request, kind: str, body: Mapping[str, Any], release: Callable[[], None], pace: Pace
 ) -> Response:
-    """The brain's answer as a Chat Completions or Responses payload, streamed or not."""
+    """The brain's answer as a Chat Completions or Responses payload, streamed or not,
+    in the configured profile: streamed tokens are paced, a plain answer waits for them."""
+    state: StubState = request.app.state.stub
+    model = str(body.get("model") or state.config.model)
+    profile = state.config.profile()
     stream = bool(body.get("stream"))
     if kind == "chat":
         instructions, items = chat_to_brain(body)
-        reply, payload, usage = chat_completion(model, instructions, items, chat_tools(body))
+        reply, payload, usage = chat_completion(
+            model, instructions, items, chat_tools(body), profile
+        )
         if not stream:
+            await _pause(request, pace.generation_s(len(tokens(reply.text or ""))))
             return JSONResponse(payload)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunks = chat_chunks(reply, payload, usage, include_usage)
-        frames = [(None, json.dumps(c)) for c in chunks] + [(None, "[DONE]")]
-        return _TrackedStream(_sse(frames), release)
+        frames = [(_is_token_chunk(c), _frame(None, json.dumps(c))) for c in chunks]
+        frames.append((False, _frame(None, "[DONE]")))
+        return _TrackedStream(pace.stream(frames), release)
     instructions, items, tools = responses_to_brain(body)
-    response = brain_response(instructions, items, tools, model)
+    response = brain_response(instructions, items, tools, model, profile)
     if not stream:
+        await _pause(request, pace.generation_s(len(tokens(response_text(response)))))
         return JSONResponse(response.model_dump(mode="json", warnings=False))
-    events = [(e.type, e.model_dump_json(warnings=False)) for e in response_stream_events(response)]
-    return _TrackedStream(_sse(events), release)
+    events = [
+        (e.type == "response.output_text.delta", _frame(e.type, e.model_dump_json(warnings=False)))
+        for e in response_stream_events(response)
+    ]
+    return _TrackedStream(pace.stream(events), release)
 
 
 async def _model_call(request: Request, kind: str) -> Response:
@@ -248,7 +310,8 @@ async def _model_call(request: Request, kind: str) -> Response:
     try:
         outcome = state.next_outcome()
         state.outcomes[outcome] += 1
-        await _pause(request, state.config.latency_s)
+        pace = state.config.profile().pace(state.rng)
+        await _pause(request, state.config.latency_s + pace.first_byte_s)
         if outcome == "timeout":
             await _pause(request, state.config.timeout_s)
         elif outcome == "malformed":
@@ -259,7 +322,7 @@ async def _model_call(request: Request, kind: str) -> Response:
             return Response(MALFORMED_JSON, media_type="application/json")
         elif outcome.isdigit():
             return _error(int(outcome), state)
-        response = _answer(kind, body, str(body.get("model") or state.config.model), release)
+        response = await _answer(request, kind, body, release, pace)
         handed_off = isinstance(response, _TrackedStream)  # it releases when the stream ends
         return response
     finally:
@@ -398,25 +461,35 @@ def serve(
     script: Sequence[str] = (),
     timeout_s: float = 30.0,
     log_level: str = "warning",
+    profile: ModelProfile | None = None,
 ) -> None:
     """Run the stub in the foreground until interrupted; prints the URL first (``port=0``: any)."""
     config = StubConfig(
         latency_s=latency_s, fail_rate=fail_rate, script=list(script), timeout_s=timeout_s
     )
+    if profile is not None:
+        config.set_profile(profile)
     sock = _listen(host, port)
     sys.stdout.write(f"stub LLM listening on {_url(sock)}/v1\n")
     sys.stdout.flush()
     _uvicorn(create_app(config), log_level).run(sockets=[sock])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="OpenAI-compatible stub LLM for turnq")
+def main(argv: Sequence[str] | None = None, default_port: int = 0) -> None:
+    parser = argparse.ArgumentParser(
+        prog="turnq stub-llm", description="OpenAI-compatible stub LLM for turnq"
+    )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=int, default=default_port, help="0: any free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per call")
-    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction answered 500")
     parser.add_argument("--script", default="", help='comma-separated outcomes, e.g. "429,ok"')
     parser.add_argument("--timeout", type=float, default=30.0, help='delay of a "timeout" outcome')
+    parser.add_argument("--profile", choices=PROFILES, default="instant")
+    parser.add_argument("--answer-tokens", type=int, help="pad answers to N tokens")
+    parser.add_argument("--tokens-per-s", help='streaming rate: "80" or "60-100" (drawn per call)')
+    parser.add_argument("--tool-first", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--jitter", type=float, help="extra time to first byte, up to N s")
     args = parser.parse_args(argv)
     serve(
         args.host,
@@ -425,6 +498,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail_rate=args.fail_rate,
         script=[s for s in args.script.split(",") if s],
         timeout_s=args.timeout,
+        profile=ModelProfile.build(
+            args.profile,
+            answer_tokens=args.answer_tokens,
+            tokens_per_s=args.tokens_per_s,
+            tool_first=args.tool_first,
+            jitter_s=args.jitter,
+        ),
     )
 
 

@@ -40,11 +40,7 @@ def stub() -> Iterator[StubLLM]:
 def model_env(stub: StubLLM, retries: int) -> dict[str, str]:
     return {
         **FAST_RECOVERY,
-        "TURNQ_MODEL_PROVIDER": "openai",
-        "TURNQ_OPENAI_BASE_URL": stub.url + "/v1",
-        "TURNQ_OPENAI_API_KEY": "test-key",
-        "TURNQ_OPENAI_API": "chat",
-        "TURNQ_AGENT": "shared.demo_agent:build_agent",
+        **stub.worker_env("chat"),
         "TURNQ_MODEL_RETRIES": str(retries),
         "TURNQ_MODEL_TIMEOUT_S": "2",
     }

@@ -37,6 +37,25 @@ async def test_reuses_an_idle_connection_in_autocommit(database_url: str) -> Non
         await pool.close()
 
 
+async def test_reuses_a_connection_whose_descriptor_is_above_1024(database_url: str) -> None:
+    """A busy worker (a thousand turns in flight) has descriptors beyond select()'s reach."""
+    filler = []
+    try:
+        while not filler or filler[-1] < 1100:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        pool = FastPool(database_url, max_size=1, timeout=5)
+        try:
+            async with pool.connection() as conn:
+                assert conn.pgconn.socket >= 1024
+            first = await _pid(pool)
+            assert await _pid(pool) == first  # reused, not taken for closed
+        finally:
+            await pool.close()
+    finally:
+        for fd in filler:
+            os.close(fd)
+
+
 async def test_waits_for_a_busy_connection_then_times_out(database_url: str) -> None:
     pool = FastPool(database_url, max_size=1, timeout=0.2)
     try:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agents import ModelSettings, RunConfig, Runner
+from agents import Agent, ModelSettings, RunConfig, Runner
 from openai import AsyncOpenAI
 from openai.types.responses import ResponseTextDeltaEvent
 
 from shared.demo_agent import build_agent
 from shared.models import build_model_provider, chat_model
+from shared.models.profile import read_stamps, tokens
 from shared.models.stub_server import StubConfig, StubServer
 from shared.settings import Settings
 from tests.support.servers import wait_until
+from tests.support.stub_llm import stub_llm_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,6 +83,17 @@ def client(stub: StubServer, **kwargs: Any) -> AsyncOpenAI:
 # --- the seed conversation through the SDK's HTTP models ------------------------------------
 
 
+def http_settings(stub: StubServer, api: str) -> Settings:
+    return Settings(
+        model_provider="openai",
+        openai_base_url=stub.base_url,
+        openai_api_key="test",
+        openai_api=api,  # type: ignore[arg-type]
+        model_retries=0,
+        model_timeout_s=10,
+    )
+
+
 async def seed_conversation(settings: Settings, stream: bool) -> list[tuple[Any, int]]:
     provider = build_model_provider(settings)
     run_config = RunConfig(
@@ -111,14 +125,7 @@ async def seed_conversation(settings: Settings, stream: bool) -> list[tuple[Any,
 @pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_seed_conversation_over_http(stub: StubServer, api: str, stream: bool) -> None:
-    settings = Settings(
-        model_provider="openai",
-        openai_base_url=stub.base_url,
-        openai_api_key="test",
-        openai_api=api,  # type: ignore[arg-type]
-        model_retries=0,
-        model_timeout_s=10,
-    )
+    settings = http_settings(stub, api)
     results = asyncio.run(seed_conversation(settings, stream))
     assert [r.final_output for r, _ in results] == ANSWERS
     for result, deltas in results:
@@ -256,6 +263,91 @@ def test_runtime_config_rejects_unknown_fields(stub: StubServer) -> None:
     assert configure(stub, latency_s="0.25")["latency_s"] == 0.25
     response = httpx.post(f"{stub.url}/_stub/config", json={"latency": 1})
     assert response.status_code == 400
+
+
+# --- the realistic profile over HTTP -----------------------------------------------------------
+
+
+async def streamed_turn(settings: Settings, agent: Any, text: str) -> tuple[Any, list[str]]:
+    provider = build_model_provider(settings)
+    run_config = RunConfig(
+        tracing_disabled=True, model=settings.chat_model, model_provider=provider
+    )
+    try:
+        result: Any = Runner.run_streamed(agent, text, run_config=run_config)
+        deltas = [
+            e.data.delta
+            async for e in result.stream_events()
+            if e.type == "raw_response_event" and isinstance(e.data, ResponseTextDeltaEvent)
+        ]
+    finally:
+        await provider.aclose()  # type: ignore[attr-defined]
+    return result, deltas
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_realistic_profile_streams_n_tokens_at_the_rate(stub: StubServer, api: str) -> None:
+    n, high = 60, 300.0
+    configure(stub, profile="realistic", answer_tokens=n, tokens_per_s=f"200-{high:g}")
+    started = time.perf_counter()
+    result, deltas = asyncio.run(
+        streamed_turn(http_settings(stub, api), build_agent(), "Tell me a story")
+    )
+    took = time.perf_counter() - started
+    assert len(deltas) == n and "".join(deltas) == result.final_output
+    assert took >= n / high
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_tool_first_then_the_answer_streams_after_the_tool_output(
+    stub: StubServer, api: str
+) -> None:
+    configure(stub, answer_tokens=30, tokens_per_s="1000", tool_first=True)
+    result, deltas = asyncio.run(streamed_turn(http_settings(stub, api), build_agent(), "Hi there"))
+    kinds = [i.type for i in result.new_items]
+    assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"]
+    assert len(deltas) == 30 and "".join(deltas) == result.final_output
+    assert stats(stub)["total_calls"] == 2
+
+
+def test_plain_call_waits_for_the_whole_answer(stub: StubServer) -> None:
+    configure(stub, answer_tokens=40, tokens_per_s="200")
+
+    async def call() -> str:
+        async with client(stub, max_retries=0) as c:
+            done = await c.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "hello"}]
+            )
+            return done.choices[0].message.content or ""
+
+    started = time.perf_counter()
+    text = asyncio.run(call())
+    assert len(tokens(text)) == 40 and time.perf_counter() - started >= 40 / 200
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_stamped_tokens_match_the_final_text(stub: StubServer, api: str) -> None:
+    configure(stub, answer_tokens=20, tokens_per_s="500", stamp=True)
+    before = time.time()
+    result, deltas = asyncio.run(streamed_turn(http_settings(stub, api), Agent(name="a"), "hi"))
+    stamps = read_stamps("".join(deltas))
+    assert len(stamps) >= 15 and stamps == sorted(stamps) and stamps[0] >= before - 0.002
+    assert read_stamps(result.final_output) == stamps
+
+
+def test_profile_config_is_checked(stub: StubServer) -> None:
+    config = configure(stub, profile="realistic")
+    assert config["answer_tokens"] == 300 and config["tokens_per_s"] == "60-100"
+    for bad in ({"tokens_per_s": "9-3"}, {"profile": "warp"}):
+        assert httpx.post(f"{stub.url}/_stub/config", json=bad).status_code == 400
+
+
+def test_cli_takes_the_profile_options() -> None:
+    options = ("--profile", "realistic", "--tokens-per-s", "80", "--tool-first", "--jitter", "0")
+    with stub_llm_process(*options) as proc:
+        config = httpx.get(f"{proc.url}/_stub/config", timeout=5).json()
+    assert config["answer_tokens"] == 300 and config["tokens_per_s"] == "80-80"
+    assert config["tool_first"] is True and config["jitter_s"] == 0
 
 
 # --- per-conversation concurrency ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`turnq stub-llm` as a real process on a loopback port, with its control API.
 
-    with stub_llm_process() as stub:
-        stub.configure(latency_s=1.0)
+    with stub_llm_process("--profile", "realistic") as stub:
+        stub.configure(latency_s=1.0, tool_first=True)   # any StubConfig field, or profile=
         ...                       # point workers at stub.url + "/v1"
         stub.stats()["max_in_flight"]
 
@@ -38,11 +38,22 @@ class StubLLM:
     def reset(self) -> None:
         httpx.post(f"{self.url}/_stub/reset", timeout=5).raise_for_status()
 
+    def worker_env(self, api: str = "chat") -> dict[str, str]:
+        """A worker's environment for the demo agent on this stub, over ``api``."""
+        return {
+            "TURNQ_MODEL_PROVIDER": "openai",
+            "TURNQ_OPENAI_BASE_URL": self.url + "/v1",
+            "TURNQ_OPENAI_API_KEY": "test-key",
+            "TURNQ_OPENAI_API": api,
+            "TURNQ_AGENT": "shared.demo_agent:build_agent",
+        }
+
 
 @contextmanager
-def stub_llm_process() -> Iterator[StubLLM]:
+def stub_llm_process(*options: str) -> Iterator[StubLLM]:
+    """``options``: more `turnq stub-llm` options, e.g. ("--profile", "realistic")."""
     port = free_port()
-    cmd = [sys.executable, "-m", "producer.cli", "stub-llm", "--port", str(port)]
+    cmd = [sys.executable, "-m", "producer.cli", "stub-llm", "--port", str(port), *options]
     proc = ManagedProcess(cmd, {}, "stub-llm", ready="stub LLM listening on")
     proc.start()
     try:

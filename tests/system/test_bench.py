@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,22 +20,32 @@ from tests.conftest import PG_ADMIN_URL, REDIS_URL
 pytestmark = pytest.mark.system
 
 
-def test_turnq_bench_quick_runs_b4_and_writes_the_summary_and_a_plot(
-    stack_env: dict[str, str], tmp_path: Path
-) -> None:
-    # stack_env: the services are checked (skip locally, fail under CI) as for every system test
+def quick_bench(
+    only: str, stack_env: dict[str, str], out: Path, timeout: float, *options: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`turnq bench --quick --only ...` as a subprocess; its output and summary.json.
+
+    stack_env: the services are checked (skip locally, fail under CI) as for every system test.
+    """
     env = {"BENCH_PG_ADMIN": PG_ADMIN_URL, "BENCH_REDIS": REDIS_URL}
-    cmd = [sys.executable, "-m", "producer.cli", "bench", "--quick", "--only", "B4"]
+    cmd = [sys.executable, "-m", "producer.cli", "bench", "--quick", "--only", only]
     done = subprocess.run(
-        [*cmd, "--out", str(tmp_path)],
+        [*cmd, "--out", str(out), *options],
         env={**os.environ, **stack_env, **env},
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=timeout,
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    return done, summary
+
+
+def test_turnq_bench_quick_runs_b4_and_writes_the_summary_and_a_plot(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    done, summary = quick_bench("B4", stack_env, tmp_path, 150)
     assert summary["mode"] == "quick" and summary["repeat"] == 1 and not summary["errors"]
     assert [r[0] for r in summary["rows"]] == ["B4"]
     for row in summary["rows"]:
@@ -49,3 +60,23 @@ def test_turnq_bench_quick_runs_b4_and_writes_the_summary_and_a_plot(
     png = tmp_path / "burst.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["machine"]["nproc"] >= 1 and summary["machine"]["postgres"]
+
+
+def test_b9_and_b10_quick_measure_the_production_shape_and_the_turns_in_flight(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    _, summary = quick_bench("B9,B10", stack_env, tmp_path, 300, "--no-plots")
+    assert not summary["errors"] and [r[0] for r in summary["rows"]] == ["B9", "B10"]
+    b9, b10 = summary["results"]["B9"], summary["results"]["B10"]
+    assert b9["failed"] == 0 and b10["failed"] == 0
+    arms = b9["arms"]
+    # coalescing: far fewer stream entries than tokens, and fewer commands than per delta
+    assert arms["per_delta"]["stream_entries_per_turn"] > 300
+    assert arms["realistic"]["stream_entries_per_turn"] < 150
+    assert b9["redis_commands_per_turn"] < b9["per_delta_commands_per_turn"]
+    assert arms["realistic"]["tokens_timed"] > 0 and math.isfinite(b9["latency_added_p99_ms"])
+    assert 0 < b9["hold_p99_ms"] and math.isnan(arms["per_delta"]["hold_p99_ms"])
+    assert b9["cpu_ratio"] > 0
+    # in flight: the turns ran at once in one process without a thread each
+    assert b10["max_in_flight"] > 100 and b10["max_threads"] < 50
+    assert b10["rss_mb_per_100_in_flight"] > 0
