@@ -32,7 +32,10 @@ class _Pipe:
 def _outbox() -> tuple[Outbox, list[dict[str, Any]]]:
     sent: list[dict[str, Any]] = []
     redis = SimpleNamespace(pipeline=lambda transaction: _Pipe(sent))
-    rt: Any = SimpleNamespace(redis=redis, settings=SimpleNamespace(events_ttl_s=60))
+    rt: Any = SimpleNamespace(
+        redis=redis,
+        settings=SimpleNamespace(events_ttl_s=60, stream_flush_ms=0, stream_flush_chars=512),
+    )
     return Outbox(rt, "t1"), sent
 
 
