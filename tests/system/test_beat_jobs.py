@@ -91,12 +91,13 @@ def test_beat_jobs_and_worker_metrics(
     run_sql(
         db,
         """
-        INSERT INTO sessions (id, user_id, key, created_at, updated_at)
-        SELECT gen_random_uuid(), :u, 'old-' || g, now() - interval '3650 days',
+        INSERT INTO sessions (id, namespace, user_id, key, created_at, updated_at)
+        SELECT gen_random_uuid(), :ns, :u, 'old-' || g, now() - interval '3650 days',
                now() - interval '3650 days'
         FROM generate_series(1, 450) g
         """,
         u=old_user,
+        ns=get_settings().namespace,  # the deployment's: retention sweeps only its own
     )
     start_worker(
         "metrics",
