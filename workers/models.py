@@ -213,7 +213,7 @@ def replay_events(answer: ModelResponse) -> Iterator[TResponseStreamEvent]:
     yield ResponseCompletedEvent(type="response.completed", response=response, sequence_number=1)
 
 
-_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)  # type: ignore[arg-type]
+_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)
 
 
 def journaled(answer: ModelResponse) -> dict[str, Any]:
