@@ -193,6 +193,7 @@ async def execute(
         return _failed(rt, exc, deadline.expired(), user_item, hooks, started, agent, turn)
     finally:
         rt.cancels.unregister(turn.id)
+        metrics.MODEL_SECONDS.observe(time.perf_counter() - started)
 
 
 def _failed(

@@ -39,6 +39,7 @@ from producer.gateway.problems import ApiProblem, FieldError, Problem
 from producer.gateway.state import gateway_of
 from shared.errors import InvalidInput, WaitTimeout
 from shared.settings import Settings
+from shared.validation import EVENT_ID
 
 MAX_POSITION = 2**62
 
@@ -170,14 +171,14 @@ def build_router(settings: Settings) -> APIRouter:  # noqa: C901 - one closure p
             str | None,
             Header(
                 alias="Last-Event-ID",
-                pattern=sse.EVENT_ID.pattern,  # bounds the length too
+                pattern=EVENT_ID.pattern,  # bounds the length too
                 description="resume after this event id (sent by EventSource on reconnect)",
             ),
         ] = None,
         after: Annotated[
             str | None,
             Query(
-                pattern=sse.EVENT_ID.pattern,  # bounds the length too
+                pattern=EVENT_ID.pattern,  # bounds the length too
                 description="the same as Last-Event-ID, for clients that cannot set headers",
             ),
         ] = None,

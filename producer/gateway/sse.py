@@ -28,7 +28,6 @@ from shared.validation import check_event_id
 log = logging.getLogger(__name__)
 
 HEARTBEAT = b": keep-alive\n\n"
-EVENT_ID = re.compile(r"^(\d{1,20}-\d{1,20})(-final)?$")
 _EVENT_NAME = re.compile(r"^[a-z_]{1,32}$")
 _END = object()
 

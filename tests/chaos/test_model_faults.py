@@ -2,8 +2,8 @@
 
 The workers talk to a real ``turnq stub-llm`` process over HTTP through the OpenAI client
 (Chat Completions), the same code path as a real endpoint.  Transient faults are retried
-(the client's own retries, with backoff and Retry-After, inside turnq's retries with
-backoff) and every turn succeeds; a permanent failure (HTTP 400, or 500s that outlast the
+(by turnq's one retry layer, with backoff and Retry-After; the OpenAI client's own retries
+are off) and every turn succeeds; a permanent failure (HTTP 400, or 500s that outlast the
 retries) fails the turn with an error that says what happened, writes nothing to the
 history, and the session's next turn runs normally.
 """
@@ -25,10 +25,13 @@ from tests.system.conftest import FAST_RECOVERY
 pytestmark = [pytest.mark.chaos, pytest.mark.system, pytest.mark.timeout(time_limit(240))]
 
 # Each transient fault in turn: SCRIPTED calls that fail for sure (each followed by a good
-# one), then the fault at this rate.  A malformed body is not retried by the OpenAI client,
-# only by turnq (4 attempts): 0.05**4 per turn keeps a spurious failure improbable.
-TRANSIENT = {"429": 0.4, "500": 0.4, "timeout": 0.2, "malformed": 0.05}
+# one), then the fault at this rate.  turnq is the only retry layer (RETRIES retries, so
+# RETRIES + 1 attempts a call): a turn fails spuriously with probability rate**(RETRIES + 1),
+# 0.25**9 = 4e-6, over ~100 turns a run.  (With 3 retries and 0.4 it was 0.4**4 = 2.6% a
+# turn: a run failed about one time in two.)
+TRANSIENT = {"429": 0.25, "500": 0.25, "timeout": 0.2, "malformed": 0.05}
 SCRIPTED = 4
+RETRIES = 8
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def test_transient_model_faults_are_retried_until_turns_succeed(
     stub: StubLLM, workers_for: object, stack_env: dict[str, str], uid: str
 ) -> None:
     assert callable(workers_for)
-    procs: list[ManagedProcess] = workers_for(3)
+    procs: list[ManagedProcess] = workers_for(RETRIES)
     healthy(stub)
     stub.reset()
 

@@ -52,7 +52,11 @@ def test_tool_first_turn_streams_the_answer_after_the_tool(
     done = client.get_turn(turn.id)
     assert done.status is TurnStatus.SUCCEEDED and done.output
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "status" and events[-1] == {"type": "status", "status": "succeeded"}
+    assert kinds[0] == "status" and events[-1] == {
+        "type": "status",
+        "status": "succeeded",
+        "agent": "Assistant",
+    }
     assert kinds.index("tool_call") < kinds.index("tool_output") < kinds.index("delta")
     assert events[kinds.index("tool_call")]["name"] == "get_weather"
     text = "".join(e["text"] for e in events if e["type"] == "delta")
@@ -117,7 +121,7 @@ def test_cancel_mid_stream_keeps_every_character_sent_in_order(
     turn = client.enqueue(f"cancel-{mode}-{uid}", user, "Good morning!")
     events = follow_and_cancel(turn.id, user, mode)
     assert client.get_turn(turn.id).status is TurnStatus.CANCELLED
-    assert events[-1] == {"type": "status", "status": "cancelled"}
+    assert events[-1] == {"type": "status", "status": "cancelled", "agent": "Assistant"}
     assert all(e["type"] != "status" for e in events[1:-1])  # nothing after the end
     text = "".join(e["text"] for e in events if e["type"] == "delta")
     if mode == "interrupt":  # the model call finishes: the whole answer, then cancelled
