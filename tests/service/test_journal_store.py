@@ -93,6 +93,9 @@ async def test_a_turn_that_is_no_longer_running_takes_no_step(s: Stores) -> None
 async def test_a_step_of_another_sessions_turn_is_refused(s: Stores) -> None:
     mine, fence = await _running(s, "mine")
     other, _ = await _running(s, "other")
+    # Fences jump by a random amount, so two sessions' fences almost never meet and the
+    # fence alone would refuse this; make them equal to see the session check itself.
+    await s.execute("UPDATE turns SET fence = :f WHERE id = :t", f=fence, t=other.id)
     with pytest.raises(Fenced):  # my fence, another session's turn id
         await s.worker.journal(mine.session_id, other.id, fence, "model", "0", "done", {})
     assert await _steps(s, other.id) == []
