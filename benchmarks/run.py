@@ -39,6 +39,7 @@ WHAT = {
     "B5": "commit cost at 10 vs 2,000 items",
     "B6": "chat p99 with compactions pending",
     "B7": "scaling 1 -> 2 -> 4 processes",
+    "B8": "step journal on vs off: 2 model calls + 1 tool call",
     "B9": "production shape: tool call + 300 tokens at ~80/s, SSE reader",
     "B10": "turns in flight in one process, 10 s streamed model",
 }
@@ -50,6 +51,7 @@ MODULES = {
     "B5": "benchmarks.b5_write_cost",
     "B6": "benchmarks.b6_compaction_backlog",
     "B7": "benchmarks.b7_scaling",
+    "B8": "benchmarks.b8_journal",
     "B9": "benchmarks.b9_production_shape",
     "B10": "benchmarks.b10_in_flight",
 }
@@ -149,6 +151,17 @@ def _b7(d: dict[str, Any]) -> Row:
     )
 
 
+def _b8(d: dict[str, Any]) -> Row:
+    return (
+        f"CPU {d['cpu_on_ms']:.2f} ms/turn; p50 {d['p50_on_ms']:.1f} ms "
+        f"({d['p50_diff_ms']:+.2f}); {d['round_trips_per_turn']:.2f} journal round trips/turn",
+        f"journal off: CPU {d['cpu_off_ms']:.2f} ms/turn; p50 {d['p50_off_ms']:.1f} ms",
+        f"{d['cpu_ratio']:.3f}",
+        "<= 1.10x CPU; p50 <= +2 ms",
+        d["cpu_ratio"] <= 1.1 and d["p50_diff_ms"] <= 2,
+    )
+
+
 def _b9(d: dict[str, Any]) -> Row:
     return (
         f"{d['redis_commands_per_turn']:.0f} Redis cmds/turn; CPU {d['cpu_ratio']:.1f}x; "
@@ -173,7 +186,7 @@ def _b10(d: dict[str, Any]) -> Row:
 
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "B1": _b1, "B2": _b2, "B3": _b3, "B4": _b4, "B5": _b5, "B6": _b6, "B7": _b7,
-    "B9": _b9, "B10": _b10,
+    "B8": _b8, "B9": _b9, "B10": _b10,
 }  # fmt: skip
 
 

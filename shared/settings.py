@@ -94,7 +94,12 @@ class Settings(BaseSettings):
     # A tool call nobody approved or rejected within this is rejected ("approval timed out")
     # by beat, and the turn answers; per agent: TURNQ_APPROVAL_TTL_S in the agent's module.
     approval_ttl_s: float = Field(default=24 * 3600, gt=0)
-    # The step journal (I14): kept this long after a turn finished (audit), then removed.
+    # The step journal (I14): each model response and tool outcome written as it completes,
+    # replayed when a turn is re-run.  Off: no journal rows and no replay (a re-run turn
+    # repeats its model calls and tools, non-idempotent ones included); for measuring its
+    # cost (benchmark B8) or a deployment that accepts repeats.
+    journal: bool = True
+    # ... kept this long after a turn finished (audit), then removed.
     journal_retention_s: float = Field(default=7 * 24 * 3600, ge=0)
     # A non-idempotent tool that started but whose outcome is unknown after a crash is never
     # run again: the model is told (tell_model), or a person decides to re-run it (ask_human).

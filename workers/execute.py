@@ -149,8 +149,8 @@ async def execute(
     model_input = build_model_input(context, user_item)
     budget = CallBudget(rt.policy, rt.estimator, rt.calibration)
     stop = rt.cancels.register(turn.id)
-    journal = Journal.of(rt, turn, fence)
-    if journal.replaying:  # run again after a crash: journaled steps replay, no new deltas
+    journal = Journal.of(rt, turn, fence) if rt.settings.journal else None  # TURNQ_JOURNAL
+    if journal is not None and journal.replaying:  # re-run: journaled steps replay, no deltas
         outbox.add({"type": "resumed", "journaled_steps": str(len(journal.steps))})
     scope = TurnScope(RetryPolicy.from_settings(rt.settings), notify=outbox.add, journal=journal)
     started = time.perf_counter()
@@ -160,7 +160,8 @@ async def execute(
             run_input: Any = model_input
             if turn.run_state is not None:  # resumed after its approvals were decided
                 agent, run_input = await _resume(rt, turn, agent)
-                journal.model_calls = int(turn.run_state.get("model_calls", 0))
+                if journal is not None:
+                    journal.model_calls = int(turn.run_state.get("model_calls", 0))
                 run_context = None  # the saved state's, overridden with this turn's
             else:
                 run_context = await _run_context(rt, turn, agent)
@@ -361,7 +362,7 @@ def _paused(
     done: list[dict[str, Any]],
     hooks: TurnHooks,
     started: float,
-    journal: Journal,
+    journal: Journal | None,
 ) -> Paused:
     asked = [
         {
@@ -381,7 +382,11 @@ def _paused(
     ]
     state = result.to_state().to_json(context_serializer=lambda _context: {})
     return Paused(
-        state={"start": agent.name, "state": state, "model_calls": journal.model_calls},
+        state={
+            "start": agent.name,
+            "state": state,
+            "model_calls": journal.model_calls if journal is not None else 0,
+        },
         approvals=asked,
         pending_items=preview,
         finished_items=repair([user_item, *done]),

@@ -177,7 +177,7 @@ def _ask_before_rerun(original: Any, scope: Callable[[], Any]) -> Any:
 def _jsonable(output: Any) -> Any:
     """A tool's output as stored: JSON values as they are, anything else as its string."""
     try:
-        json.dumps(output)
+        json.dumps(output, allow_nan=False)  # jsonb holds no NaN or Infinity
         return output
     except (TypeError, ValueError):
         dump = getattr(output, "model_dump", None)

@@ -32,6 +32,30 @@ def _json(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False) if value is not None else None
 
 
+def _jsonb(value: Any) -> str:
+    """JSON text a jsonb column accepts: NUL characters (which jsonb cannot hold) become
+    U+FFFD and lone surrogates (not UTF-8) "?"; every other character is kept.  A journal
+    write that Postgres refused would fail the same way on every attempt of the turn."""
+    text = json.dumps(value, ensure_ascii=False)
+    if "\\u0000" in text:
+        text = json.dumps(_without_nul(json.loads(text)), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def _items(items: Sequence[Item]) -> dict[str, Any]:
     return {
         "items": json.dumps(list(items), ensure_ascii=False),
@@ -192,7 +216,7 @@ class WorkerStore:
             "SELECT turnq_journal(:sid, :fence, :tid, :kind, :key, :state, "
             "CAST(:payload AS jsonb))",
             {"sid": session_id, "fence": fence, "tid": turn_id, "kind": kind, "key": key,
-             "state": state, "payload": _json(payload)},
+             "state": state, "payload": _jsonb(payload)},
         )  # fmt: skip
 
     async def left(self, session_id: str, turn_id: str, fence: int) -> None:

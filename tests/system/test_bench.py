@@ -80,3 +80,19 @@ def test_b9_and_b10_quick_measure_the_production_shape_and_the_turns_in_flight(
     # in flight: the turns ran at once in one process without a thread each
     assert b10["max_in_flight"] > 100 and b10["max_threads"] < 50
     assert b10["rss_mb_per_100_in_flight"] > 0
+
+
+def test_b8_quick_measures_the_journal_on_against_off(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    _, summary = quick_bench("B8", stack_env, tmp_path, 200, "--no-plots")
+    assert not summary["errors"] and [r[0] for r in summary["rows"]] == ["B8"]
+    b8 = summary["results"]["B8"]
+    assert b8["failed"] == 0 and b8["turns_per_arm"] == b8["rounds"] * b8["block"]
+    # the turn has the shape the row claims: 2 model calls around 1 tool call
+    assert b8["model_calls_per_turn"] == 2 and b8["tool_calls_per_turn"] == 1
+    # TURNQ_JOURNAL=false writes nothing; on, each model response and the tool's output is
+    # one row, written by one turnq_journal call (one round trip) each
+    assert b8["off_journal_rows"] == 0 and b8["journal_rows_per_turn"] == 3
+    assert b8["round_trips_per_turn"] == 3
+    assert b8["cpu_on_ms"] > 0 and b8["cpu_off_ms"] > 0 and math.isfinite(b8["p50_diff_ms"])
