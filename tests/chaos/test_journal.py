@@ -49,6 +49,7 @@ class Stack:
     redis: redis.Redis
     database_url: str
     respawning: list[threading.Thread] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
 
     def kill(self, pid: int) -> None:
         """kill -9 the worker with this pid; a fresh one starts in the background."""
@@ -57,7 +58,10 @@ class Stack:
         self.workers.remove(victim)
 
         def respawn() -> None:
-            self.workers.append(self.cluster.respawn(victim))
+            try:
+                self.workers.append(self.cluster.respawn(victim))
+            except BaseException as exc:  # reported by settle()
+                self.errors.append(exc)
 
         thread = threading.Thread(target=respawn, name=f"respawn-{victim.name}")
         thread.start()
@@ -67,6 +71,7 @@ class Stack:
         for thread in self.respawning:
             thread.join(120)
         self.respawning.clear()
+        assert not self.errors, f"a killed worker could not be restarted: {self.errors!r}"
         assert len(self.workers) == 2 and all(w.alive() for w in self.workers)
 
 
@@ -78,7 +83,9 @@ def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
     r = redis.Redis.from_url(get_settings().require_redis_url())
     try:
         cluster.start(*workers, cluster.beat())
-        yield Stack(cluster, workers, client, r, stack_env["TURNQ_DATABASE_URL"])
+        stack = Stack(cluster, workers, client, r, stack_env["TURNQ_DATABASE_URL"])
+        yield stack
+        stack.settle()  # no worker left starting while the cluster stops
     finally:
         client.close()
         r.close()
