@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from agents import Model, ModelProvider, ModelResponse
 from agents.items import TResponseStreamEvent
@@ -213,7 +213,7 @@ def replay_events(answer: ModelResponse) -> Iterator[TResponseStreamEvent]:
     yield ResponseCompletedEvent(type="response.completed", response=response, sequence_number=1)
 
 
-_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)
+_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(cast(Any, ResponseOutputItem))  # a Union alias
 
 
 def journaled(answer: ModelResponse) -> dict[str, Any]:
