@@ -47,7 +47,7 @@ from shared.sdk_session import summary_item
 from shared.status import ErrorCode
 from shared.store import Context, TurnRecord
 from workers.context import CallBudget, updated_calibration
-from workers.journal import Journal, JournalUnavailable
+from workers.journal import Journal, JournalUnavailable, nul_safe
 from workers.models import TurnScope, turn_scope
 from workers.retry import ModelCallFailed, RetryPolicy
 from workers.runtime import Runtime
@@ -174,11 +174,11 @@ async def execute(
         if result.interruptions:
             return _paused(result, agent, user_item, done, hooks, started, journal)
         new_items = repair([user_item, *done])
-        output_json = _structured(result.final_output)
+        output_json = nul_safe(_structured(result.final_output))
         usage = hooks.usage(trimmed=budget.trimmed, model_seconds=_since(started))
         return Finished(
             items=new_items,
-            output=result.final_output
+            output=nul_safe(result.final_output)
             if output_json is None
             else json.dumps(output_json, ensure_ascii=False),
             output_json=output_json,
@@ -422,17 +422,10 @@ def _jsonable(item: object) -> dict[str, Any]:
     """A plain JSON item; NUL characters (which JSONB cannot hold) become U+FFFD."""
     text = json.dumps(item, default=_default, ensure_ascii=False)
     loaded: dict[str, Any] = json.loads(text)
-    return _scrub(loaded) if "\\u0000" in text else loaded
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    return value
+    if "\\u0000" not in text:
+        return loaded
+    safe: dict[str, Any] = nul_safe(loaded)
+    return safe
 
 
 def _default(obj: object) -> object:

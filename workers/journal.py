@@ -105,6 +105,7 @@ class Journal:
         return call_id in self.approved and not payload.get("approved", False)
 
     async def record(self, kind: str, key: str, state: str, payload: Any) -> None:
+        payload = nul_safe(payload)  # as the transcript keeps it; JSONB refuses U+0000
         try:
             await self.write(kind, key, state, payload)
         except Fenced:
@@ -191,3 +192,17 @@ def _jsonable(output: Any) -> Any:
     except (TypeError, ValueError):
         dump = getattr(output, "model_dump", None)
         return dump(mode="json") if callable(dump) else str(output)
+
+
+def nul_safe(value: Any) -> Any:
+    """A JSON value Postgres can store: U+0000 (which JSONB and text columns refuse, and a
+    refused write would pass for Postgres being down) becomes U+FFFD, in keys and values.
+    The journal, the transcript and the turn's output use it alike, so a replayed step
+    gives what an uninterrupted run stored."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [nul_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {nul_safe(k): nul_safe(v) for k, v in value.items()}
+    return value

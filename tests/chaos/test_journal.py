@@ -260,3 +260,24 @@ def test_kill_after_an_approved_tool_ran(stack: Stack, uid: str) -> None:
         told = [i["outputs"] for i in r.inputs if i["step"] == 1]
         want = "transferred 5" if r.stop == "after:transfer" else UNKNOWN_OUTCOME
         assert told == [[want]], told
+
+
+# --- payloads Postgres cannot hold as they are -----------------------------------------
+
+
+def test_a_nul_character_in_a_tool_output_and_the_answer_ends_the_turn(
+    stack: Stack, uid: str
+) -> None:
+    """JSONB cannot hold U+0000: the journal stores such a step safely (as the transcript
+    does, U+FFFD) instead of taking the refused write for Postgres being down and running
+    the turn again and again (I12)."""
+    stack.settle()
+    tag = f"j{uid}nul"
+    turn = stack.client.enqueue(f"journal-{tag}", f"journal-{uid}", f"{tag} [nul]")
+    done = stack.client.wait(turn.id, timeout=60)
+    assert done.status is TurnStatus.SUCCEEDED, (done.status, done.error_code, done.error)
+    assert done.attempts == 1, "the turn was run again"
+    calls = {k.decode(): int(v) for k, v in stack.redis.hgetall(calls_key(tag)).items()}
+    assert calls == {"model:0": 1, "nul": 1, "model:1": 1}, calls
+    assert done.output is not None and "nul\ufffdhere" in done.output, done.output
+    assert "nul\ufffdoutput" in done.output, done.output
