@@ -188,8 +188,9 @@ async def execute(
             trimmed=budget.trimmed,
         )
     except Exception as exc:
-        if _infrastructure(exc):
-            raise  # not the turn's fault: the drain stops, the turn is run again elsewhere
+        cause = _infrastructure(exc)
+        if cause is not None:  # not the turn's fault: the drain stops (fenced out, or
+            raise cause from None  # Postgres away), the turn is run again elsewhere
         return _failed(rt, exc, deadline.expired(), user_item, hooks, started, agent, turn)
     finally:
         rt.cancels.unregister(turn.id)
@@ -226,18 +227,19 @@ def _failed(
 _INFRASTRUCTURE = (Fenced, JournalUnavailable)
 
 
-def _infrastructure(exc: BaseException) -> bool:
-    """A stale holder (Fenced) or Postgres failing under a journal write: anywhere in the
-    exception's chain, since the SDK may wrap what a tool raised.  (A tool's own database
+def _infrastructure(exc: BaseException) -> BaseException | None:
+    """A stale holder (Fenced) or Postgres failing under a journal write, anywhere in the
+    exception's chain: the SDK wraps what a tool raised (``UserError: Error running tool``)
+    and the drain must see the original to stop as fenced out.  (A tool's own database
     errors are the agent's, ``agent_error``.)"""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, _INFRASTRUCTURE):
-            return True
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 def starting_agent(rt: Runtime, turn: TurnRecord) -> Agent[Any]:

@@ -29,7 +29,14 @@ from producer import Client
 from shared import keys
 from shared.settings import Settings, get_settings
 from shared.status import TurnStatus
-from tests.agents_steps import at_key, calls_key, idempotency_keys_key, inputs_key, stop_key
+from tests.agents_steps import (
+    at_key,
+    calls_key,
+    go_key,
+    idempotency_keys_key,
+    inputs_key,
+    stop_key,
+)
 from tests.chaos.harness import Cluster, Load, pick, run_under_load, time_limit
 from tests.support.servers import wait_until
 from tests.system.conftest import FAST_RECOVERY
@@ -281,3 +288,40 @@ def test_a_nul_character_in_a_tool_output_and_the_answer_ends_the_turn(
     assert calls == {"model:0": 1, "nul": 1, "model:1": 1}, calls
     assert done.output is not None and "nul\ufffdhere" in done.output, done.output
     assert "nul\ufffdoutput" in done.output, done.output
+
+
+# --- a stale holder -----------------------------------------------------------------------
+
+
+def test_a_holder_frozen_in_a_tool_past_its_lock_stops_when_it_wakes(
+    stack: Stack, uid: str
+) -> None:
+    """SIGSTOP inside a tool past the lock TTL: the other worker takes the turn over and
+    finishes it; the woken holder's journal write is refused (Fenced) inside the tool,
+    where the Agents SDK turns a tool's exception into its output.  It must stop there:
+    no model call, no tool, nothing more from the stale run."""
+    stack.settle()
+    r, client = stack.redis, stack.client
+    tag = f"j{uid}stale"
+    r.set(stop_key(tag), "tool:note:a", ex=600)
+    turn = client.enqueue(f"journal-{tag}", f"journal-{uid}", f"{tag} [three]")
+    wait_until(lambda: r.get(at_key(tag)) is not None, 60, message="no worker reached the tool")
+    pid = int(r.get(at_key(tag)).decode().split()[1])  # type: ignore[union-attr]
+    frozen = next(w for w in stack.workers if w.pid == pid)
+    log_before = len(frozen.log_text())
+    frozen.pause()
+    try:
+        done = client.wait(turn.id, timeout=120)  # taken over and finished by the other
+    finally:
+        r.set(go_key(tag), "1", ex=600)  # the frozen run goes on from inside its tool
+        frozen.resume()
+    assert done.status is TurnStatus.SUCCEEDED, (done.status, done.error_code, done.error)
+    wait_until(
+        lambda: "fenced out" in (t := frozen.log_text()[log_before:]) or "lock lost" in t,
+        60, message="the stale holder never noticed",
+    )  # fmt: skip
+    calls = {k.decode(): int(v) for k, v in r.hgetall(calls_key(tag)).items()}
+    # note:a ran in both (idempotent, in flight); everything after it only in the new holder.
+    assert calls == {"model:0": 1, "note:a": 2, "model:1": 1, "note:b": 1, "model:2": 1}, calls
+    assert frozen.alive()
+    assert "drain failed" not in frozen.log_text()[log_before:]  # stopped as fenced out
