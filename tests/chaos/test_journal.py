@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
@@ -37,7 +38,7 @@ from tests.agents_steps import (
     inputs_key,
     stop_key,
 )
-from tests.chaos.harness import Cluster, Load, pick, run_under_load, time_limit
+from tests.chaos.harness import Cluster, Load, libpq, pick, run_under_load, time_limit
 from tests.support.servers import wait_until
 from tests.system.conftest import FAST_RECOVERY
 from workers.journal import UNKNOWN_OUTCOME
@@ -325,3 +326,39 @@ def test_a_holder_frozen_in_a_tool_past_its_lock_stops_when_it_wakes(
     assert calls == {"model:0": 1, "note:a": 2, "model:1": 1, "note:b": 1, "model:2": 1}, calls
     assert frozen.alive()
     assert "drain failed" not in frozen.log_text()[log_before:]  # stopped as fenced out
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+def test_rollback_stops_a_replaying_turn_and_its_journal_is_not_replayed(
+    stack: Stack, uid: str
+) -> None:
+    """Killed in model call 2, taken over (steps 1 and its tool replayed), then cancelled
+    with rollback while the re-run is in its last model call: it stops there, nothing of
+    it stays in the history, and its journal is marked rolled back (never replayed)."""
+    stack.settle()
+    r, client, user = stack.redis, stack.client, f"journal-{uid}"
+    tag, session = f"j{uid}cancel", f"journal-{uid}-cancel"
+    r.set(stop_key(tag), "model:1", ex=600)
+    turn = client.enqueue(session, user, f"{tag} [three]")
+    wait_until(lambda: r.get(at_key(tag)) is not None, 60, message="no worker reached model:1")
+    pid = int(r.get(at_key(tag)).decode().split()[1])  # type: ignore[union-attr]
+    r.delete(at_key(tag))
+    r.set(stop_key(tag), "model:2", ex=600)  # the re-run stops in its last model call
+    stack.kill(pid)
+    wait_until(lambda: r.get(at_key(tag)) is not None, 90, message="the re-run never got far")
+    assert client.get_turn(turn.id).attempts >= 2
+    client.cancel(turn.id, user, mode="rollback")
+    r.set(go_key(tag), "1", ex=600)
+    done = client.wait(turn.id, timeout=60)
+    assert done.status is TurnStatus.CANCELLED, (done.status, done.error)
+    assert client.history(session, user) == []  # nothing of a rolled-back turn stays
+    calls = {k.decode(): int(v) for k, v in r.hgetall(calls_key(tag)).items()}
+    assert calls == {"model:0": 1, "model:1": 2, "note:a": 1, "note:b": 1, "model:2": 1}, calls
+    with psycopg.connect(libpq(stack.database_url)) as conn:
+        steps = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE rolled_back) FROM turn_steps"
+            " WHERE turn_id = %s", (turn.id,),
+        ).fetchone()  # fmt: skip
+    assert steps is not None and steps[0] > 0 and steps[0] == steps[1], steps
