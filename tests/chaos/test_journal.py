@@ -188,6 +188,7 @@ def fault_test(
     row.model_repeats = _split(seen, steps, "model:")
     row.tool_repeats = _split(seen, steps, "", exclude="model:")
     assert row.failed == 0, row.summary()
+    assert row.model_repeats[0] == row.tool_repeats[0] == 0, seen  # completed: never again
     for r in seen:
         live_only(r)
     return seen
