@@ -332,15 +332,17 @@ def test_a_holder_frozen_in_a_tool_past_its_lock_stops_when_it_wakes(
 # --- cancel ---------------------------------------------------------------------------------
 
 
-def test_rollback_stops_a_replaying_turn_and_its_journal_is_not_replayed(
-    stack: Stack, uid: str
+@pytest.mark.parametrize("mode", ["rollback", "interrupt"])
+def test_cancel_stops_a_replaying_turn_and_a_rolled_back_journal_is_not_replayed(
+    stack: Stack, uid: str, mode: str
 ) -> None:
-    """Killed in model call 2, taken over (steps 1 and its tool replayed), then cancelled
-    with rollback while the re-run is in its last model call: it stops there, nothing of
-    it stays in the history, and its journal is marked rolled back (never replayed)."""
+    """Killed in model call 2, taken over (step 1 and its tool replayed), then cancelled
+    while the re-run is in its last model call: it stops there, no step runs again; with
+    rollback nothing of it stays in the history and its journal is marked rolled back
+    (never replayed)."""
     stack.settle()
     r, client, user = stack.redis, stack.client, f"journal-{uid}"
-    tag, session = f"j{uid}cancel", f"journal-{uid}-cancel"
+    tag, session = f"j{uid}{mode}", f"journal-{uid}-{mode}"
     r.set(stop_key(tag), "model:1", ex=600)
     turn = client.enqueue(session, user, f"{tag} [three]")
     wait_until(lambda: r.get(at_key(tag)) is not None, 60, message="no worker reached model:1")
@@ -350,13 +352,15 @@ def test_rollback_stops_a_replaying_turn_and_its_journal_is_not_replayed(
     stack.kill(pid)
     wait_until(lambda: r.get(at_key(tag)) is not None, 90, message="the re-run never got far")
     assert client.get_turn(turn.id).attempts >= 2
-    client.cancel(turn.id, user, mode="rollback")
+    client.cancel(turn.id, user, mode=mode)
     r.set(go_key(tag), "1", ex=600)
     done = client.wait(turn.id, timeout=60)
     assert done.status is TurnStatus.CANCELLED, (done.status, done.error)
-    assert client.history(session, user) == []  # nothing of a rolled-back turn stays
     calls = {k.decode(): int(v) for k, v in r.hgetall(calls_key(tag)).items()}
     assert calls == {"model:0": 1, "model:1": 2, "note:a": 1, "note:b": 1, "model:2": 1}, calls
+    if mode == "interrupt":
+        return  # the turn keeps what it had done
+    assert client.history(session, user) == []  # nothing of a rolled-back turn stays
     with psycopg.connect(libpq(stack.database_url)) as conn:
         steps = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE rolled_back) FROM turn_steps"
