@@ -46,6 +46,7 @@ from shared.run_context import TurnContext
 from shared.sdk_session import summary_item
 from shared.status import ErrorCode
 from shared.store import Context, TurnRecord
+from shared.store.worker import nul_safe
 from workers.context import CallBudget, updated_calibration
 from workers.journal import Journal, JournalUnavailable
 from workers.models import TurnScope, turn_scope
@@ -175,11 +176,11 @@ async def execute(
         if result.interruptions:
             return _paused(result, agent, user_item, done, hooks, started, journal)
         new_items = repair([user_item, *done])
-        output_json = _structured(result.final_output)
+        output_json = nul_safe(_structured(result.final_output))
         usage = hooks.usage(trimmed=budget.trimmed, model_seconds=_since(started))
         return Finished(
             items=new_items,
-            output=result.final_output
+            output=nul_safe(result.final_output)
             if output_json is None
             else json.dumps(output_json, ensure_ascii=False),
             output_json=output_json,
@@ -189,8 +190,9 @@ async def execute(
             trimmed=budget.trimmed,
         )
     except Exception as exc:
-        if _infrastructure(exc):
-            raise  # not the turn's fault: the drain stops, the turn is run again elsewhere
+        cause = _infrastructure(exc)
+        if cause is not None:  # not the turn's fault: the drain stops (fenced out, or
+            raise cause from None  # Postgres away), the turn is run again elsewhere
         return _failed(rt, exc, deadline.expired(), user_item, hooks, started, agent, turn)
     finally:
         rt.cancels.unregister(turn.id)
@@ -228,18 +230,19 @@ def _failed(
 _INFRASTRUCTURE = (Fenced, JournalUnavailable)
 
 
-def _infrastructure(exc: BaseException) -> bool:
-    """A stale holder (Fenced) or Postgres failing under a journal write: anywhere in the
-    exception's chain, since the SDK may wrap what a tool raised.  (A tool's own database
+def _infrastructure(exc: BaseException) -> BaseException | None:
+    """A stale holder (Fenced) or Postgres failing under a journal write, anywhere in the
+    exception's chain: the SDK wraps what a tool raised (``UserError: Error running tool``)
+    and the drain must see the original to stop as fenced out.  (A tool's own database
     errors are the agent's, ``agent_error``.)"""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, _INFRASTRUCTURE):
-            return True
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 def starting_agent(rt: Runtime, turn: TurnRecord) -> Agent[Any]:
@@ -428,17 +431,10 @@ def _jsonable(item: object) -> dict[str, Any]:
     """A plain JSON item; NUL characters (which JSONB cannot hold) become U+FFFD."""
     text = json.dumps(item, default=_default, ensure_ascii=False)
     loaded: dict[str, Any] = json.loads(text)
-    return _scrub(loaded) if "\\u0000" in text else loaded
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    return value
+    if "\\u0000" not in text:
+        return loaded
+    safe: dict[str, Any] = nul_safe(loaded)
+    return safe
 
 
 def _default(obj: object) -> object:

@@ -35,6 +35,7 @@ from agents import FunctionTool
 from shared.errors import Fenced
 from shared.run_context import IDEMPOTENT_ATTR
 from shared.store import TurnRecord
+from shared.store.worker import nul_safe
 
 if TYPE_CHECKING:
     from shared.registry import Registry
@@ -96,7 +97,16 @@ class Journal:
     def tool(self, call_id: str) -> dict[str, Any] | None:
         return self.steps.get(("tool", call_id))
 
+    def may_rerun(self, call_id: str, started: dict[str, Any]) -> bool:
+        """A non-idempotent call found started (its holder died in it) runs again only if a
+        person approved that: an approval given after the start (``ask_human``).  The
+        approval it first ran under does not count twice: an approved tool whose worker
+        died in it, or right after it, has run once; its outcome is unknown."""
+        payload = started.get("payload") or {}
+        return call_id in self.approved and not payload.get("approved", False)
+
     async def record(self, kind: str, key: str, state: str, payload: Any) -> None:
+        payload = nul_safe(payload)  # as the transcript keeps it; JSONB refuses U+0000
         try:
             await self.write(kind, key, state, payload)
         except Fenced:
@@ -145,13 +155,14 @@ def _journaled(
         if step is not None and step["state"] == "done":
             journal.replayed_tools += 1
             return step["payload"]["output"]
-        if step is not None and once and call_id not in journal.approved:
+        if step is not None and once and not journal.may_rerun(call_id, step):
             journal.unknown += 1
             log.warning("a non-idempotent tool's outcome is unknown; not run again",
                         extra={"tool": name, "call_id": call_id})  # fmt: skip
             return UNKNOWN_OUTCOME
-        if once:
-            await journal.record("tool", call_id, "started", {"arguments": arguments})
+        if once:  # the approval it runs under (if any) is used up by this start
+            started = {"arguments": arguments, "approved": call_id in journal.approved}
+            await journal.record("tool", call_id, "started", started)
         output = await inner(ctx, arguments)
         await journal.record("tool", call_id, "done", {"output": _jsonable(output)})
         return output

@@ -213,7 +213,7 @@ def replay_events(answer: ModelResponse) -> Iterator[TResponseStreamEvent]:
     yield ResponseCompletedEvent(type="response.completed", response=response, sequence_number=1)
 
 
-_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(cast(Any, ResponseOutputItem))
+_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(cast(Any, ResponseOutputItem))  # a Union alias
 
 
 def journaled(answer: ModelResponse) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def _jsonb(value: Any) -> str:
     write that Postgres refused would fail the same way on every attempt of the turn."""
     text = json.dumps(value, ensure_ascii=False)
     if "\\u0000" in text:
-        text = json.dumps(_without_nul(json.loads(text)), ensure_ascii=False)
+        text = json.dumps(nul_safe(json.loads(text)), ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -46,13 +46,17 @@ def _jsonb(value: Any) -> str:
     return text
 
 
-def _without_nul(value: Any) -> Any:
+def nul_safe(value: Any) -> Any:
+    """A JSON value Postgres can store: U+0000 (which JSONB and text columns refuse, and a
+    refused write would pass for Postgres being down) becomes U+FFFD, in keys and values.
+    The journal, the transcript and the turn's output use it alike, so a replayed step
+    gives what an uninterrupted run stored."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, list):
-        return [_without_nul(v) for v in value]
+        return [nul_safe(v) for v in value]
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {nul_safe(k): nul_safe(v) for k, v in value.items()}
     return value
 
 

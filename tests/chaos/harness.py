@@ -131,6 +131,13 @@ class Load:
         with self._lock:
             return len(self.accepted)
 
+    def add(self, turn_id: str, session: str, content: str) -> None:
+        """A turn the test enqueued itself (in a session of its own, one turn each): it is
+        checked with the load's turns."""
+        with self._lock:
+            self.accepted.append(Accepted(turn_id, session, content, 0, time.time()))
+            self.sessions.append(session)
+
     def wait_accepted(self, more: int, timeout: float = 60.0) -> None:
         """Block until ``more`` further turns have been accepted (the load is flowing)."""
         target = self.accepted_count + more
@@ -277,6 +284,11 @@ class Row:
     all_done_s: float | None = None
     max_latency_s: float | None = None
     retried: int = 0  # turns that needed more than one attempt (the fault hit them)
+    # Step journal faults (tests/chaos/test_journal.py): kills, and the steps run again,
+    # as "completed/in flight" (a step completed before the kill must never run again).
+    kills: int | None = None
+    model_repeats: tuple[int, int] | None = None
+    tool_repeats: tuple[int, int] | None = None
     violations: list[str] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)  # the load's session ids
 
@@ -309,7 +321,14 @@ COLUMNS: list[tuple[str, Callable[[Row], object]]] = [
     ("first ok (s)", lambda r: _secs(r.first_ok_s)),
     ("all done (s)", lambda r: _secs(r.all_done_s)),
     ("max latency (s)", lambda r: _secs(r.max_latency_s)),
+    ("kills", lambda r: "-" if r.kills is None else r.kills),
+    ("model calls repeated (done/in flight)", lambda r: _pair(r.model_repeats)),
+    ("tool effects repeated (done/in flight)", lambda r: _pair(r.tool_repeats)),
 ]
+
+
+def _pair(value: tuple[int, int] | None) -> str:
+    return "-" if value is None else f"{value[0]}/{value[1]}"
 
 
 def _secs(value: float | None) -> str:

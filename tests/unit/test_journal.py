@@ -162,7 +162,7 @@ def test_a_non_idempotent_tool_is_journaled_started_before_it_runs() -> None:
         ("tool", "call_1", "started"),
         ("tool", "call_1", "done"),
     ]
-    assert written[0][3] == {"arguments": '{"x": 1}'}
+    assert written[0][3] == {"arguments": '{"x": 1}', "approved": False}
 
 
 @pytest.mark.parametrize("once", [False, True])
