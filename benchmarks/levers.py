@@ -10,6 +10,8 @@ database.  Each arm differs from ``base`` (the defaults) by its environment only
   the worker that orjson can serve is served by it (an upper bound of the lever);
 * ``no_pending_check``: ``benchmarks/patches/no_pending_check``: the drain's ``claimable``
   check after release skipped (unsafe; the most a "kicked while held" flag could save);
+* ``no_keepalive`` (``--model stream``): ``benchmarks/patches/no_keepalive``: the OpenAI
+  client reuses no HTTP connection (what connection reuse saves);
 * any ``--arms a+b`` combines arms (at most one of the patches: a process runs one
   ``sitecustomize``).
 
@@ -49,6 +51,7 @@ ARMS: dict[str, dict[str, str]] = {
     "uvloop": {"PYTHONPATH": str(PATCHES / "uvloop")},
     "orjson": {"PYTHONPATH": str(PATCHES / "orjson")},
     "no_pending_check": {"PYTHONPATH": str(PATCHES / "no_pending_check")},
+    "no_keepalive": {"PYTHONPATH": str(PATCHES / "no_keepalive")},
 }
 CONCURRENCY = 16
 ECHO = {"TURNQ_AGENT": "tests.agents:echo"}
