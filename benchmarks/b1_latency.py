@@ -46,13 +46,14 @@ class SdkBaseline:
         from agents.extensions.memory.sqlalchemy_session import SQLAlchemySession
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        from workers.agent import load_agent
+        from shared.registry import load_registry
 
         self.portal = LoopThread("sdk-baseline")
         self.engine = create_async_engine(
             database_url.replace("postgresql://", "postgresql+psycopg://", 1)
         )
-        self.agent = load_agent(ECHO["TURNQ_AGENT"])
+        registry = load_registry(ECHO["TURNQ_AGENT"])  # the worker's own loading
+        self.agent = registry.entry(None)
         self.config = RunConfig(tracing_disabled=True)
         self.sessions = [
             SQLAlchemySession(f"sdk-{k}", engine=self.engine, create_tables=True)

@@ -31,8 +31,8 @@ def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str]) ->
 def throughput(r: Results, out: Path) -> Path | None:
     labels, values, colors = [], [], []
     if r.get("B2"):
-        labels += ["B2 raw Celery\nno-op", "B2 turnq\ninstant model", "B2 turnq\nno task events"]
-        values += [r["B2"]["raw_rate"], r["B2"]["turnq_rate"], r["B2"]["no_events_rate"]]
+        labels += ["B2 raw Celery\nno-op", "B2 turnq\ninstant model", "B2 turnq\nwith task events"]
+        values += [r["B2"]["raw_rate"], r["B2"]["turnq_rate"], r["B2"]["events_rate"]]
         colors += ["#999999", "#1f77b4", "#6baed6"]
     if r.get("B3"):
         labels += ["B3 instant\n(CPU bound, 1 proc)", "B3 stub 1 s\nover HTTP, 1 proc"]

@@ -90,7 +90,7 @@ def _b1(d: dict[str, Any]) -> Row:
 
 def _b2(d: dict[str, Any]) -> Row:
     return (
-        f"{d['turnq_rate']:.0f} turns/s ({d['no_events_rate']:.0f} task events off)",
+        f"{d['turnq_rate']:.0f} turns/s ({d['events_rate']:.0f} task events on)",
         f"raw no-op {d['raw_rate']:.0f}/s",
         f"{d['ratio']:.2f}",
         ">= 0.50 of raw",

@@ -74,6 +74,8 @@ def make_celery(settings: Settings, *, main: str = "turnq") -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # Off by default (decision 0010); worker heartbeats go either way, so Flower still
+        # shows workers and queue lengths.
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,  # a publish per kick; Flower learns of tasks from workers
         worker_hijack_root_logger=False,

@@ -165,7 +165,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=200, ge=1)
     worker_pool: Literal["threads", "prefork", "solo", "gevent"] = "threads"
     visibility_timeout_s: int = 3600
-    task_events: bool = True
+    task_events: bool = Field(
+        default=False,
+        description="Celery task events (Flower's task list): ~0.5 ms of worker CPU and "
+        "~1.6 Redis commands per turn; workers and queues show in Flower without them "
+        "(docs/decisions/0010-cpu-levers.md)",
+    )
 
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="serve Prometheus /metrics here (0: off)"

@@ -128,6 +128,7 @@ def deployment(stack_env: dict[str, str]) -> Iterator[Deployment]:
         "TURNQ_METRICS_PORT": str(metrics_port),
         "TURNQ_REAPER_INTERVAL_S": "0.5",
         "TURNQ_FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{values['flower password']}",
+        "TURNQ_TASK_EVENTS": "true",  # Flower's task list (off by default): read for leaks
     }
     stop = threading.Event()
     commands: list[str] = []

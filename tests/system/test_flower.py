@@ -92,7 +92,13 @@ def _worker_named(stack: FlowerStack, prefix: str) -> str | None:
 @pytest.fixture(scope="module")
 def flower(stack_env: dict[str, str]) -> Iterator[FlowerStack]:
     uid = secrets.token_hex(4)
-    env = {**stack_env, **FAST_RECOVERY, "TURNQ_AGENT": "tests.agents:echo"}
+    # Flower's task list needs task events, off by default (decision 0010)
+    env = {
+        **stack_env,
+        **FAST_RECOVERY,
+        "TURNQ_AGENT": "tests.agents:echo",
+        "TURNQ_TASK_EVENTS": "true",
+    }
     chat = WorkerProcess(env, name=f"fl-chat-{uid}", concurrency=8)
     summarizer = WorkerProcess(env, name=f"fl-sum-{uid}", concurrency=2, queues=("summarize",))
     port, password = free_port(), secrets.token_urlsafe(18)
