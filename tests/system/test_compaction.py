@@ -4,6 +4,7 @@ the window), I9 (nothing forgotten: the transcript stays whole)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +96,11 @@ def test_300_turns_never_exceed_the_window_and_remember_turn_3(
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert shown.returncode == 0, shown.stderr
-        assert f"compaction mark: position {s.compaction_mark}" in shown.stdout
+        # The summarizer may compact again meanwhile: the mark shown lies between two reads.
+        shown_mark = re.search(r"compaction mark: position (\d+)", shown.stdout)
+        assert shown_mark is not None, shown.stdout
+        later = client.session(session, user).compaction_mark
+        assert s.compaction_mark <= int(shown_mark.group(1)) <= later
         assert f"context ~{s.context_tokens:,} tokens" in shown.stdout
         assert "recent compactions" in shown.stdout and "succeeded" in shown.stdout
         assert (s.summary or "").splitlines()[0] in shown.stdout
