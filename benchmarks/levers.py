@@ -8,8 +8,9 @@ database.  Each arm differs from ``base`` (the defaults) by its environment only
 * ``uvloop``: ``benchmarks/patches/uvloop``: the worker's turn loop on uvloop;
 * ``orjson``: ``benchmarks/patches/orjson`` on ``PYTHONPATH``: every stdlib JSON call of
   the worker that orjson can serve is served by it (an upper bound of the lever);
-* ``no_pending_check``: ``benchmarks/patches/no_pending_check``: the drain's ``claimable``
-  check after release skipped (unsafe; the most a "kicked while held" flag could save);
+* ``always_check``: ``benchmarks/patches/always_check``: the drain looks for a runnable
+  turn in Postgres after every release, as before the "kicked while held" mark
+  (decision 0012): what the mark saves;
 * ``no_keepalive`` (``--model stream``): ``benchmarks/patches/no_keepalive``: the OpenAI
   client reuses no HTTP connection (what connection reuse saves);
 * any ``--arms a+b`` combines arms (at most one of the patches: a process runs one
@@ -50,7 +51,7 @@ ARMS: dict[str, dict[str, str]] = {
     "task_events": {"TURNQ_TASK_EVENTS": "true"},
     "uvloop": {"PYTHONPATH": str(PATCHES / "uvloop")},
     "orjson": {"PYTHONPATH": str(PATCHES / "orjson")},
-    "no_pending_check": {"PYTHONPATH": str(PATCHES / "no_pending_check")},
+    "always_check": {"PYTHONPATH": str(PATCHES / "always_check")},
     "no_keepalive": {"PYTHONPATH": str(PATCHES / "no_keepalive")},
 }
 CONCURRENCY = 16

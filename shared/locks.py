@@ -18,6 +18,11 @@ took over, so the holder carries on; after the key expired under a paused holder
 another worker may have, and then the stale holder stops at once instead of blocking
 the session until its fenced write fails (docs/decisions/0006).
 
+A kick that finds the lock held marks the session "kicked while held" in the same atomic
+step (``lock_acquire.lua``); ``release`` takes the mark with the lock, and ``quiet`` says
+that no kick can have come since the holder last looked in Postgres, so the drain can
+skip looking again (docs/decisions/0012).
+
 A holder takes a turn (its first claim, and the next claim that comes with each commit)
 only while ``still_held()``: Redis confirmed the lock less than ``ttl - heartbeat``
 ago, or confirms it now.  A worker that wakes from a pause past the TTL runs its overdue
@@ -39,11 +44,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from shared.keys import lock_key
+from shared.keys import kicked_key, lock_key
 
 log = logging.getLogger(__name__)
 
 _LUA = Path(__file__).parent / "lua"
+ACQUIRE = (_LUA / "lock_acquire.lua").read_text()
 RELEASE = (_LUA / "lock_release.lua").read_text()
 RENEW = (_LUA / "lock_renew.lua").read_text()
 
@@ -54,33 +60,50 @@ class SessionLock:
     ) -> None:
         self.redis = redis
         self.key = lock_key(session_id)
+        self.kicked_key = kicked_key(session_id)
         self.token = secrets.token_hex(16)
         self.ttl_ms = int(ttl_s * 1000)
         self.heartbeat_s = heartbeat_s or ttl_s / 3
         self.lost = False
+        # the key was taken back after it vanished: a mark set before that is gone with it
+        self.retaken = False
+        # released by us with no kick marked meanwhile (see ``release``)
+        self.quiet = False
         # time.monotonic() when a command that Redis then confirmed (acquire, renew) was
         # sent: the key lives at least ttl after it
         self.confirmed_at = -float("inf")
 
     async def acquire(self) -> bool:
+        """Take the lock; if another holds it, mark the session kicked for that holder."""
         sent = time.monotonic()
-        taken = bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        taken = bool(
+            await self.redis.eval(ACQUIRE, 2, self.key, self.kicked_key, self.token, self.ttl_ms)
+        )
         if taken:
             self.confirmed_at = sent
         return taken
 
     async def release(self) -> bool:
+        """Delete the lock if it is still ours.  ``quiet`` then says whether no kick found it
+        held since it was taken (a mark lost with a vanished key does not count as quiet)."""
+        self.quiet = False
         try:
-            return bool(await self.redis.eval(RELEASE, 1, self.key, self.token))
+            released, kicked = await self.redis.eval(
+                RELEASE, 2, self.key, self.kicked_key, self.token
+            )
         except RedisError:
             log.warning("lock release failed; it expires by TTL", extra={"lock": self.key})
             return False
+        self.quiet = bool(released) and not kicked and not self.retaken
+        return bool(released)
 
     async def renew(self, still_ours: Callable[[], Awaitable[bool]] | None = None) -> bool:
         """True while we hold the lock.  A vanished key is taken back only if
         ``still_ours()`` confirms nobody took the session over meanwhile."""
         sent = time.monotonic()
-        result = int(await self.redis.eval(RENEW, 1, self.key, self.token, str(self.ttl_ms)))
+        result = int(
+            await self.redis.eval(RENEW, 2, self.key, self.kicked_key, self.token, self.ttl_ms)
+        )
         if result != 2:
             if result == 1:
                 self.confirmed_at = sent
@@ -91,6 +114,7 @@ class SessionLock:
         taken = await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms)
         if taken:
             self.confirmed_at = sent
+            self.retaken = True
             log.info("session lock key had vanished; taken back", extra={"lock": self.key})
         return bool(taken)
 

@@ -9,9 +9,10 @@
 3. Run the agent (``workers/execute.py``), then commit how it ended -- succeeded,
    failed with its error code, or cancelled -- and claim the next turn, in one
    fenced statement (I2, I4, I12).  Repeat until nothing can run.
-4. Release the lock, then look once more for a runnable turn: a kick that arrived
-   while we held the lock exited, so its turn is ours to run (closes the
-   release/kick race).  Re-acquire if there is one.
+4. Release the lock.  A kick that arrived while we held it exited, so its turn is ours
+   to run: if its acquire marked the session (``SessionLock.quiet`` is False), or the
+   drain did not end on a claim that found nothing, look once more for a runnable turn
+   and re-acquire if there is one (closes the release/kick race; docs/decisions/0012).
 
 A holder that stops while alive -- it lost its lock, was fenced out, lost Postgres --
 says so (``WorkerStore.left``), so only executions whose worker really vanished count
@@ -60,22 +61,26 @@ async def drain(rt: Runtime, session_id: str) -> int:
             metrics.LOCK_CONTENTION.inc()
             log.debug("session busy; the holder drains it", extra={"session_id": session_id})
             return ran
+        dry = False  # the drain ended on a claim, under the lock, that found nothing to run
         try:
             if await lock.still_held():  # else stalled since acquiring: it may be another's
-                ran += await _drain_locked(rt, session_id, lock)
+                done, dry = await _drain_locked(rt, session_id, lock)
+                ran += done
         finally:
             await lock.release()
-        if lock.lost or not await rt.turns.claimable(session_id):
+        if lock.lost or (dry and lock.quiet) or not await rt.turns.claimable(session_id):
             return ran
         if rt.stopping:  # shutting down: hand the rest of the session to another worker
             await rt.kick(keys.DRAIN_TASK, session_id)
             return ran
 
 
-async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
+async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> tuple[int, bool]:
+    """Returns how many turns ran, and whether the last claim found nothing to run (then
+    only a kick since -- marked on the lock -- can have brought a turn)."""
     claimed = await rt.turns.claim(session_id, None, rt.settings.max_attempts)
     if claimed is None:
-        return 0  # session deleted since the kick
+        return 0, True  # session deleted since the kick
     fence = claimed.fence
     me = asyncio.current_task()
     assert me is not None
@@ -110,13 +115,15 @@ async def _drain_locked(rt: Runtime, session_id: str, lock: SessionLock) -> int:
         raise
     if current is not None:
         await _left(rt, current, fence)
-    return ran
+    dry = claimed is not None and claimed.turn is None and not lock.lost
+    return ran, dry
 
 
 async def run_turn(
     rt: Runtime, turn: TurnRecord, context: Context, fence: int, lock: SessionLock
 ) -> Claim | None:
-    """Run one claimed turn and commit how it ended; returns the session's next claim.
+    """Run one claimed turn and commit how it ended; returns the session's next claim,
+    or None when it claimed nothing on purpose.
 
     The commit and the next claim are one statement.  A stopping worker claims nothing
     more and hands the session on; so does a holder whose lock Redis no longer confirms
@@ -130,6 +137,19 @@ async def run_turn(
     metrics.TURN_RUN.observe(time.perf_counter() - t0)
     held = await lock.still_held()
     next_max = None if rt.stopping or not held else rt.settings.max_attempts
+    claimed = await _commit(rt, turn, fence, outcome, outbox, next_max)
+    return claimed if next_max is not None else None
+
+
+async def _commit(
+    rt: Runtime,
+    turn: TurnRecord,
+    fence: int,
+    outcome: Finished | Failed | Paused,
+    outbox: Outbox,
+    next_max: int | None,
+) -> Claim:
+    """Commit how the turn ended and claim the next (none if ``next_max`` is None)."""
     if isinstance(outcome, Finished):
         try:
             after, status, claimed = await rt.turns.complete(

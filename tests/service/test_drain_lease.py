@@ -44,6 +44,25 @@ async def s(database_url: str) -> AsyncIterator[Stores]:
         yield stores
 
 
+def _runtime(s: Stores, redis_client: aioredis.Redis) -> Any:
+    """What ``drain`` uses of a worker's Runtime; the turns themselves are patched."""
+    return SimpleNamespace(
+        settings=get_settings(),
+        redis=redis_client,
+        turns=WorkerStore(s.db),
+        policy=SimpleNamespace(trigger_tokens=10**9),
+        registry=SimpleNamespace(default="echo"),
+        stopping=False,
+    )
+
+
+async def _instant(rt: Any, turn: Any, context: Any, outbox: Any, fence: int) -> Finished:
+    usage = {"input_tokens": 0, "output_tokens": 0}
+    return Finished(
+        [{"role": "assistant", "content": "done"}], "done", None, "echo", usage, 0, False
+    )
+
+
 class _Clock:
     """``time.monotonic`` for shared.locks, able to jump as a frozen process sees it."""
 
@@ -76,15 +95,7 @@ async def test_a_woken_holder_commits_its_turn_but_claims_no_more(
         return Finished(done, "done", None, "echo", usage, 0, False)
 
     monkeypatch.setattr(turn_module, "execute", paused_past_the_ttl)
-    rt = SimpleNamespace(
-        settings=settings,
-        redis=redis_client,
-        turns=WorkerStore(s.db),
-        policy=SimpleNamespace(trigger_tokens=10**9),
-        registry=SimpleNamespace(default="echo"),
-        stopping=False,
-    )
-    ran = await turn_module.drain(rt, sid)  # type: ignore[arg-type]
+    ran = await turn_module.drain(_runtime(s, redis_client), sid)
 
     assert ran == 1
     done = await s.producer.get_turn(first.id)
@@ -113,3 +124,63 @@ async def test_still_held_renews_a_stale_lock_that_is_ours_and_refuses_a_lost_on
     await redis_client.delete(lock.key)  # expired meanwhile
     assert not await lock.still_held()  # not taken back here (the heartbeat checks the fence)
     assert await lock.holder() is None
+
+
+# Where a new turn's enqueue and kick land relative to the holder's end of the drain.
+KICK_POINTS = ("after_the_last_commit", "before_release", "after_release")
+
+
+@pytest.mark.parametrize("point", KICK_POINTS)
+@pytest.mark.parametrize("mark", ["kept", "control_without_the_mark"])
+async def test_a_turn_kicked_at_any_point_of_a_drains_end_is_run(
+    s: Stores, redis_client: aioredis.Redis, uid: str, monkeypatch: pytest.MonkeyPatch,
+    point: str, mark: str,
+) -> None:  # fmt: skip
+    """The drain skips its last look in Postgres when its release found no kick mark
+    (decision 0012).  A turn enqueued and kicked at each point where the holder ends must
+    still run at once: the kick's acquire either marks the held lock (the holder looks
+    again) or finds it free (and runs the turn itself).  The control drops the mark from
+    the acquire script: the turn kicked while the lock was held is then left queued."""
+    if mark == "control_without_the_mark":
+        monkeypatch.setattr(
+            locks,
+            "ACQUIRE",
+            'return redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) and 1 or 0',
+        )
+    first, _, _ = await s.producer.enqueue(f"u{uid}", f"s{uid}", "one", None)
+    sid = first.session_id
+    rt = _runtime(s, redis_client)
+    monkeypatch.setattr(turn_module, "execute", _instant)
+    late: list[str] = []
+
+    async def enqueue_and_kick(at: str) -> None:
+        if at == point and not late:
+            turn, _, _ = await s.producer.enqueue(f"u{uid}", f"s{uid}", "late", None)
+            late.append(turn.id)
+            await turn_module.drain(rt, sid)  # the kick: another worker's drain
+
+    complete, release = WorkerStore.complete, SessionLock.release
+
+    async def completing(self: WorkerStore, *args: Any, **kw: Any) -> Any:
+        done = await complete(self, *args, **kw)
+        await enqueue_and_kick("after_the_last_commit")
+        return done
+
+    async def releasing(self: SessionLock) -> bool:
+        await enqueue_and_kick("before_release")
+        released = await release(self)
+        await enqueue_and_kick("after_release")
+        return released
+
+    monkeypatch.setattr(WorkerStore, "complete", completing)
+    monkeypatch.setattr(SessionLock, "release", releasing)
+    await turn_module.drain(rt, sid)
+
+    assert late, "the hook never ran"
+    turn = await s.producer.get_turn(late[0])
+    assert turn is not None
+    kicked_while_held = point != "after_release"
+    if mark == "kept" or not kicked_while_held:
+        assert turn.status is TurnStatus.SUCCEEDED
+    else:
+        assert turn.status is TurnStatus.QUEUED  # the mark is what makes the holder look

@@ -118,3 +118,46 @@ async def test_heartbeat_reports_loss(r: Any, uid: str) -> None:
         await r.set(a.key, "someone-else")
         await asyncio.wait_for(lost.wait(), 5)
     assert a.lost
+
+
+async def test_a_kick_that_finds_the_lock_held_marks_it_for_the_holders_release(
+    r: Any, uid: str
+) -> None:
+    holder, kick = SessionLock(r, uid, ttl_s=5), SessionLock(r, uid, ttl_s=5)
+    assert await holder.acquire()
+    assert await r.get(holder.kicked_key) is None  # nobody knocked yet
+    assert not await kick.acquire()
+    assert 0 < await r.pttl(holder.kicked_key) <= 5000  # marked, for as long as a holding
+    assert not await kick.release() and not kick.quiet  # not its lock: the mark stays
+    assert await r.get(holder.kicked_key) is not None
+    assert await holder.release()
+    assert not holder.quiet  # the holder learns of the kick ...
+    assert await r.get(holder.kicked_key) is None  # ... once: the mark went with the lock
+    again = SessionLock(r, uid, ttl_s=5)
+    assert await again.acquire()
+    assert await again.release() and again.quiet  # no kick this time
+
+
+async def test_renew_keeps_the_mark_alive_as_long_as_the_lock(r: Any, uid: str) -> None:
+    holder, kick = SessionLock(r, uid, ttl_s=5), SessionLock(r, uid, ttl_s=5)
+    assert await holder.acquire()
+    assert not await kick.acquire()
+    await r.pexpire(holder.kicked_key, 100)  # about to expire before the holding ends
+    assert await holder.renew()
+    assert await r.pttl(holder.kicked_key) > 1000  # extended with the lock
+    assert await holder.release() and not holder.quiet
+
+
+async def test_a_release_after_the_key_was_taken_back_is_never_quiet(r: Any, uid: str) -> None:
+    """A flush lost the lock and any mark with it: a kick may have come and gone unmarked."""
+    holder, kick = SessionLock(r, uid, ttl_s=5), SessionLock(r, uid, ttl_s=5)
+    assert await holder.acquire()
+    assert not await kick.acquire()
+    await r.delete(holder.key, holder.kicked_key)  # what FLUSHALL does to both
+
+    async def fence_still_current() -> bool:
+        return True
+
+    assert await holder.renew(fence_still_current)
+    assert await holder.release()
+    assert not holder.quiet
