@@ -4,11 +4,9 @@ Keys are built by functions so the layout lives in one place:
 
     lock_key(sid)    turnq:lock:{sid}     STRING  holder's random token; PX = lock TTL.
                                          Set NX on acquire, renewed and deleted only by token
-                                         (see lock_renew.lua / lock_release.lua).
-    kicked_key(sid)  turnq:kicked:{sid}   STRING  "kicked while held": set (PX = lock TTL) by a
-                                         kick whose acquire found the lock held, in the
-                                         same script; renewed with the lock, taken by the
-                                         holder's release (lock_acquire.lua).
+                                         (see lock_renew.lua / lock_release.lua).  A kick
+                                         that finds it held appends "+" (kicked while held:
+                                         lock_acquire.lua), which the holder's release reads.
     events_key(tid)  turnq:events:{tid}  STREAM  status changes and deltas of one turn;
                                          EXPIRE events_ttl_s after each write.  Readers
                                          (client.wait, SSE) block on it and then read Postgres,
@@ -82,10 +80,6 @@ def queue(name: str, ns: str | None = None) -> str:
 
 def lock_key(session_id: str, ns: str | None = None) -> str:
     return f"{_ns(ns)}turnq:lock:{session_id}"
-
-
-def kicked_key(session_id: str, ns: str | None = None) -> str:
-    return f"{_ns(ns)}turnq:kicked:{session_id}"
 
 
 def events_key(turn_id: str, ns: str | None = None) -> str:

@@ -35,23 +35,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from shared.keys import kicked_key, lock_key
+from shared.keys import lock_key
 
 log = logging.getLogger(__name__)
 
 _LUA = Path(__file__).parent / "lua"
-ACQUIRE = (_LUA / "lock_acquire.lua").read_text()
-RELEASE = (_LUA / "lock_release.lua").read_text()
-RENEW = (_LUA / "lock_renew.lua").read_text()
+
+
+class Script:
+    """A Lua script run by its SHA1 (``EVALSHA``: Redis neither receives nor hashes the
+    text on every call), loaded into a server the first time it does not know it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, redis: aioredis.Redis, keys: list[str], *args: str | int) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a new or restarted server
+            await redis.script_load(self.text)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+ACQUIRE = Script((_LUA / "lock_acquire.lua").read_text())
+RELEASE = Script((_LUA / "lock_release.lua").read_text())
+RENEW = Script((_LUA / "lock_renew.lua").read_text())
 
 
 class SessionLock:
@@ -60,7 +80,7 @@ class SessionLock:
     ) -> None:
         self.redis = redis
         self.key = lock_key(session_id)
-        self.kicked_key = kicked_key(session_id)
+        self._keys = [self.key]
         self.token = secrets.token_hex(16)
         self.ttl_ms = int(ttl_s * 1000)
         self.heartbeat_s = heartbeat_s or ttl_s / 3
@@ -76,9 +96,7 @@ class SessionLock:
     async def acquire(self) -> bool:
         """Take the lock; if another holds it, mark the session kicked for that holder."""
         sent = time.monotonic()
-        taken = bool(
-            await self.redis.eval(ACQUIRE, 2, self.key, self.kicked_key, self.token, self.ttl_ms)
-        )
+        taken = bool(await ACQUIRE(self.redis, self._keys, self.token, self.ttl_ms))
         if taken:
             self.confirmed_at = sent
         return taken
@@ -88,9 +106,7 @@ class SessionLock:
         held since it was taken (a mark lost with a vanished key does not count as quiet)."""
         self.quiet = False
         try:
-            released, kicked = await self.redis.eval(
-                RELEASE, 2, self.key, self.kicked_key, self.token
-            )
+            released, kicked = await RELEASE(self.redis, self._keys, self.token)
         except RedisError:
             log.warning("lock release failed; it expires by TTL", extra={"lock": self.key})
             return False
@@ -101,9 +117,7 @@ class SessionLock:
         """True while we hold the lock.  A vanished key is taken back only if
         ``still_ours()`` confirms nobody took the session over meanwhile."""
         sent = time.monotonic()
-        result = int(
-            await self.redis.eval(RENEW, 2, self.key, self.kicked_key, self.token, self.ttl_ms)
-        )
+        result = int(await RENEW(self.redis, self._keys, self.token, self.ttl_ms))
         if result != 2:
             if result == 1:
                 self.confirmed_at = sent
@@ -133,8 +147,10 @@ class SessionLock:
             return False
 
     async def holder(self) -> str | None:
+        """The holder's token (without a kick's mark)."""
         value = await self.redis.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value
+        token = value.decode() if isinstance(value, bytes) else value
+        return token.removesuffix("+") if token is not None else None
 
     @contextlib.asynccontextmanager
     async def heartbeat(

@@ -145,7 +145,9 @@ async def test_a_turn_kicked_at_any_point_of_a_drains_end_is_run(
         monkeypatch.setattr(
             locks,
             "ACQUIRE",
-            'return redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) and 1 or 0',
+            locks.Script(
+                'return redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) and 1 or 0'
+            ),
         )
     first, _, _ = await s.producer.enqueue(f"u{uid}", f"s{uid}", "one", None)
     sid = first.session_id

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.locks import SessionLock
+from tests.support.servers import PrivateRedis
 
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
@@ -125,35 +126,28 @@ async def test_a_kick_that_finds_the_lock_held_marks_it_for_the_holders_release(
 ) -> None:
     holder, kick = SessionLock(r, uid, ttl_s=5), SessionLock(r, uid, ttl_s=5)
     assert await holder.acquire()
-    assert await r.get(holder.kicked_key) is None  # nobody knocked yet
+    assert await r.get(holder.key) == holder.token.encode()  # nobody knocked yet
     assert not await kick.acquire()
-    assert 0 < await r.pttl(holder.kicked_key) <= 5000  # marked, for as long as a holding
-    assert not await kick.release() and not kick.quiet  # not its lock: the mark stays
-    assert await r.get(holder.kicked_key) is not None
+    assert not await kick.acquire()  # a second kick marks it the same way
+    assert await r.get(holder.key) == f"{holder.token}+".encode()
+    assert 4000 < await r.pttl(holder.key) <= 5000  # the mark keeps the holder's TTL
+    assert await holder.holder() == holder.token
+    assert not await kick.release() and not kick.quiet  # not its lock: untouched
+    assert await holder.renew()  # a marked lock is still ours
     assert await holder.release()
-    assert not holder.quiet  # the holder learns of the kick ...
-    assert await r.get(holder.kicked_key) is None  # ... once: the mark went with the lock
+    assert not holder.quiet  # the holder learns of the kick
+    assert await r.exists(holder.key) == 0
     again = SessionLock(r, uid, ttl_s=5)
     assert await again.acquire()
     assert await again.release() and again.quiet  # no kick this time
 
 
-async def test_renew_keeps_the_mark_alive_as_long_as_the_lock(r: Any, uid: str) -> None:
-    holder, kick = SessionLock(r, uid, ttl_s=5), SessionLock(r, uid, ttl_s=5)
-    assert await holder.acquire()
-    assert not await kick.acquire()
-    await r.pexpire(holder.kicked_key, 100)  # about to expire before the holding ends
-    assert await holder.renew()
-    assert await r.pttl(holder.kicked_key) > 1000  # extended with the lock
-    assert await holder.release() and not holder.quiet
-
-
 async def test_a_release_after_the_key_was_taken_back_is_never_quiet(r: Any, uid: str) -> None:
-    """A flush lost the lock and any mark with it: a kick may have come and gone unmarked."""
+    """A flush lost the lock and its mark: a kick may have come and gone unmarked."""
     holder, kick = SessionLock(r, uid, ttl_s=5), SessionLock(r, uid, ttl_s=5)
     assert await holder.acquire()
     assert not await kick.acquire()
-    await r.delete(holder.key, holder.kicked_key)  # what FLUSHALL does to both
+    await r.delete(holder.key)  # what FLUSHALL does to it
 
     async def fence_still_current() -> bool:
         return True
@@ -161,3 +155,18 @@ async def test_a_release_after_the_key_was_taken_back_is_never_quiet(r: Any, uid
     assert await holder.renew(fence_still_current)
     assert await holder.release()
     assert not holder.quiet
+
+
+async def test_the_lock_scripts_are_loaded_again_into_a_server_that_forgot_them(uid: str) -> None:
+    """Scripts run by SHA; a restarted Redis (or SCRIPT FLUSH) no longer knows them."""
+    with PrivateRedis() as server:
+        r = aioredis.Redis.from_url(server.url)
+        try:
+            a = SessionLock(r, uid, ttl_s=5)
+            assert await a.acquire()
+            await r.script_flush()
+            assert await a.renew()
+            await r.script_flush()
+            assert await a.release() and a.quiet
+        finally:
+            await r.aclose()
