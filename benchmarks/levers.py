@@ -11,6 +11,8 @@ database.  Each arm differs from ``base`` (the defaults) by its environment only
 * ``always_check``: ``benchmarks/patches/always_check``: the drain looks for a runnable
   turn in Postgres after every release, as before the "kicked while held" mark
   (decision 0012): what the mark saves;
+* ``client_parse`` (``--model stream``): ``benchmarks/patches/client_parse``: every model
+  response built the OpenAI client's own way, without the fast parse path (decision 0013);
 * ``no_keepalive`` (``--model stream``): ``benchmarks/patches/no_keepalive``: the OpenAI
   client reuses no HTTP connection (what connection reuse saves);
 * any ``--arms a+b`` combines arms (at most one of the patches: a process runs one
@@ -53,6 +55,7 @@ ARMS: dict[str, dict[str, str]] = {
     "orjson": {"PYTHONPATH": str(PATCHES / "orjson")},
     "always_check": {"PYTHONPATH": str(PATCHES / "always_check")},
     "no_keepalive": {"PYTHONPATH": str(PATCHES / "no_keepalive")},
+    "client_parse": {"PYTHONPATH": str(PATCHES / "client_parse")},
 }
 CONCURRENCY = 16
 ECHO = {"TURNQ_AGENT": "tests.agents:echo"}

@@ -34,7 +34,9 @@ __all__ = [
 
 def _client(settings: Settings) -> AsyncOpenAI:
     import httpx2
-    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+    from openai import DefaultAsyncHttpxClient
+
+    from shared.models.parsing import FastParseOpenAI
 
     # One connection per model call in flight: the SDK's default pool (1,000 connections,
     # 100 kept alive) would queue a worker's calls beyond that and reconnect after bursts.
@@ -42,7 +44,7 @@ def _client(settings: Settings) -> AsyncOpenAI:
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     # "unused": a base_url-only setup (stub server, local gateway) still needs a non-empty key.
     # max_retries=0: turnq's retry policy (workers/retry.py) is the one retry layer.
-    return AsyncOpenAI(
+    return FastParseOpenAI(
         api_key=settings.openai_api_key or "unused",
         base_url=settings.openai_base_url,
         timeout=settings.model_timeout_s,
