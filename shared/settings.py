@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         default=512, ge=1, description="... or as soon as this many characters wait"
     )
     stream_read_gather_ms: int = Field(
-        default=0,
+        default=10,
         ge=0,
         le=100,
         description="a client's reader hub waits this long after a read that returned "
