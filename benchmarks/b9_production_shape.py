@@ -24,6 +24,7 @@ of the sessions; figures pool the rounds:
 Figures:
 
 * Redis commands per turn: all commands (workers, producer, readers) / turns; target <= 40;
+  Redis CPU per turn (the server's process), and this process's (the producer and readers);
 * worker CPU ms per turn, realistic / instant (and / same_at_once); target <= 1.5x;
 * text latency: every filler token carries the millisecond the stub sent it (the profile's
   ``stamp``); a reader subtracts it from the time it received the token.  "Added by
@@ -133,6 +134,8 @@ class Sample:
     spent: Counter[str] = field(default_factory=Counter)
     worker_cpu_s: float = 0.0
     cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0  # this process: the producer and every reader
     wall_s: float = 0.0
     peak_mb: float = 0.0
     stream_bytes: list[int] = field(default_factory=list)
@@ -143,7 +146,9 @@ class Sample:
     def __add__(self, o: Sample) -> Sample:
         return Sample(
             self.turns + o.turns, self.succeeded + o.succeeded, self.spent + o.spent,
-            self.worker_cpu_s + o.worker_cpu_s, self.cpu_s + o.cpu_s, self.wall_s + o.wall_s,
+            self.worker_cpu_s + o.worker_cpu_s, self.cpu_s + o.cpu_s,
+            self.redis_cpu_s + o.redis_cpu_s, self.client_cpu_s + o.client_cpu_s,
+            self.wall_s + o.wall_s,
             max(self.peak_mb, o.peak_mb), self.stream_bytes + o.stream_bytes,
             self.latency_ms + o.latency_ms, self.to_xadd_ms + o.to_xadd_ms, self.hold + o.hold,
         )  # fmt: skip
@@ -154,11 +159,13 @@ class Sample:
             "turns": self.turns,
             "succeeded": self.succeeded,
             "redis_commands_per_turn": sum(self.spent.values()) / n,
-            "redis_top": {k: round(v / n, 1) for k, v in self.spent.most_common(8)},
+            "redis_top": {k: round(v / n, 1) for k, v in self.spent.most_common(12)},
             "stream_entries_per_turn": self.spent["xadd"] / n,
             "stream_kb_per_turn": median(self.stream_bytes) / 1024,
             "worker_cpu_ms_per_turn": self.worker_cpu_s * 1000 / n,
             "cpu_ms_per_turn": self.cpu_s * 1000 / n,
+            "redis_cpu_ms_per_turn": self.redis_cpu_s * 1000 / n,
+            "client_cpu_ms_per_turn": self.client_cpu_s * 1000 / n,
             "worker_cores": self.worker_cpu_s / self.wall_s if self.wall_s else 0.0,
             "peak_mb_per_worker": self.peak_mb,
             "tokens_timed": len(self.latency_ms),
@@ -207,7 +214,9 @@ def measure(
     ns = worker.env["TURNQ_NAMESPACE"]
     before, held = commands(server), hold_buckets(worker)
     meter = Meter([worker.pid], servers={**server_pids(), "redis": server.proc.pid}).start()
+    client_cpu = time.process_time()
     ids, seen = asyncio.run(_arrive(sessions, rate, ns))
+    client_cpu = time.process_time() - client_cpu
     done = wait_turns(env, ids)
     usage = meter.stop()
     spent = commands(server) - before
@@ -217,7 +226,7 @@ def measure(
         stream_bytes = [int(r.memory_usage(keys.events_key(t, ns)) or 0) for t in ids[:20]]
     return Sample(
         len(ids), int(done["succeeded"]), spent, usage.cpu_s["worker"], usage.total_cpu_s,
-        usage.wall_s, usage.peak_mb_per_worker, stream_bytes,
+        usage.cpu_s["redis"], client_cpu, usage.wall_s, usage.peak_mb_per_worker, stream_bytes,
         [x * 1000 for x in seen["latency"]], [x * 1000 for x in seen["to_xadd"]], hold,
     )  # fmt: skip
 
@@ -332,7 +341,11 @@ def main() -> None:
         f"{d['latency_added_p99_ms']:.0f} ms"
     )
     for name, r in a.items():
-        print(name, r["redis_top"])
+        print(
+            f"{name}: Redis CPU {r['redis_cpu_ms_per_turn']:.2f} ms/turn, client (producer and "
+            f"readers) CPU {r['client_cpu_ms_per_turn']:.2f} ms/turn; commands/turn",
+            r["redis_top"],
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
 
+from producer.streams import StreamHub
 from shared import keys, metrics
 from shared.celery_app import make_celery
 from shared.compaction.store import CompactionStore
@@ -134,6 +135,7 @@ class TurnResult:
 
 
 _TERMINAL = {s.value for s in TERMINAL}
+QUIET_S = 1.0  # a reader with no event this long checks Postgres
 
 
 def _s(value: object) -> str:
@@ -160,12 +162,12 @@ class AsyncClient:
         self.redis = redis  # state: event streams, the cancel channel
         self.broker = broker or redis  # kicks go onto Celery's queues here
         self.celery = celery
+        self.hub = StreamHub(redis, settings.namespace, settings.stream_read_gather_ms)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> AsyncClient:
-        """Kicks get a pool of their own, so they never wait behind blocked readers (each
-        ``events``/``wait`` holds a state connection while it blocks: redis-py's default
-        pool of 100 refused the 101st, and kicks with it)."""
+        """Kicks get a pool of their own, on the broker (the state server unless
+        ``TURNQ_BROKER_URL`` says otherwise); readers share the hub's one connection."""
         s = settings or get_settings()
         redis = aioredis.Redis.from_url(
             s.require_redis_url(), socket_timeout=10, max_connections=s.client_redis_connections
@@ -190,6 +192,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        await self.hub.aclose()
         await self.db.close()
         await self.redis.aclose()
         if self.broker is not self.redis:
@@ -318,31 +321,23 @@ class AsyncClient:
         """
         deadline = time.monotonic() + timeout
         key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
-        last_id = "0-0"
         also = frozenset({TurnStatus.WAITING.value}) if until_paused else frozenset()
-        while True:
-            result = await self.get_turn(turn_id, user_id)
-            if result.terminal or result.status.value in also:
-                return result
+        result = await self.get_turn(turn_id, user_id)
+        if result.terminal or result.status.value in also:
+            return result
+        async with self.hub.subscribe(key, "0-0") as sub:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise WaitTimeout(
                         f"turn {turn_id} still {result.status.value} after {timeout}s"
                     )
-                try:
-                    got: Any = await self.redis.xread(
-                        {key: last_id}, block=max(1, int(min(remaining, 1.0) * 1000)), count=100
-                    )
-                except (RedisError, OSError):
-                    await asyncio.sleep(min(remaining, 0.25))
-                    break
-                entries = [e for _stream, batch in got or [] for e in batch]
-                if not entries:
-                    break  # quiet: check Postgres
-                last_id = entries[-1][0]
-                if any(_terminal_event(fields, also) for _id, fields in entries):
-                    break
+                entries = await sub.get(min(remaining, QUIET_S))
+                if entries and not any(_terminal_event(f, also) for _id, f in entries):
+                    continue
+                result = await self.get_turn(turn_id, user_id)  # quiet, or the end announced
+                if result.terminal or result.status.value in also:
+                    return result
 
     async def session(self, session_id: str, user_id: str) -> SessionRecord:
         check_id("session_id", session_id, self.settings.max_id_length)
@@ -471,22 +466,17 @@ class AsyncClient:
         await self.get_turn(turn_id, user_id)  # 404 before streaming anything
         key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
         quiet_since = time.monotonic()
-        while True:
-            try:
-                got: Any = await self.redis.xread({key: last}, block=1000, count=100)
-            except (RedisError, OSError):
-                got = None
-                await asyncio.sleep(0.25)
-            for _stream, entries in got or []:
-                for entry_id, fields in entries:
-                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    event = {_s(k): _s(v) for k, v in fields.items()}
+        async with self.hub.subscribe(key, last) as sub:
+            while True:
+                entries = await sub.get(QUIET_S)
+                for last, event in entries:
                     quiet_since = time.monotonic()
                     yield last, event
                     if _terminal_event(event):
                         return
-            if not got:
-                turn = await self.get_turn(turn_id, user_id)
+                if entries:
+                    continue
+                turn = await self.get_turn(turn_id, user_id)  # quiet: is it over?
                 if turn.terminal:
                     final = {"type": "status", "status": turn.status.value}
                     if turn.error_code is not None:  # as the worker's own event says it

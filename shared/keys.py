@@ -9,8 +9,14 @@ Keys are built by functions so the layout lives in one place:
                                          lock_acquire.lua), which the holder's release reads.
     events_key(tid)  turnq:events:{tid}  STREAM  status changes and deltas of one turn;
                                          EXPIRE events_ttl_s after each write.  Readers
-                                         (client.wait, SSE) block on it and then read Postgres,
-                                         which stays the truth.
+                                         (client.wait, SSE) block on it through their
+                                         process's hub (producer.streams) and then read
+                                         Postgres, which stays the truth.
+    reader_wake_key(token)
+                     turnq:wake:{token}  STREAM  one client process's hub: an entry (MAXLEN 1)
+                                         ends its blocked XREAD when a reader subscribes;
+                                         EXPIRE READER_WAKE_TTL_S after each, so a gone
+                                         process leaves nothing behind.
     reaper_key()     turnq:reaper        STRING  single-sweeper lock for the beat reaper.
     cancel_channel() turnq:cancel        PUBSUB  turn ids whose cancellation was requested;
                                          each worker process subscribes once.  Postgres
@@ -84,6 +90,13 @@ def lock_key(session_id: str, ns: str | None = None) -> str:
 
 def events_key(turn_id: str, ns: str | None = None) -> str:
     return f"{_ns(ns)}turnq:events:{turn_id}"
+
+
+def reader_wake_key(token: str, ns: str | None = None) -> str:
+    return f"{_ns(ns)}turnq:wake:{token}"
+
+
+READER_WAKE_TTL_S = 3600
 
 
 def compact_pending_key(session_id: str, ns: str | None = None) -> str:

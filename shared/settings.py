@@ -114,8 +114,8 @@ class Settings(BaseSettings):
     client_redis_connections: int = Field(
         default=10_000,
         ge=10,
-        description="Redis (state) connections of a producer or gateway process: each "
-        "reader waiting on a turn (an SSE stream, client.wait) holds one while it blocks",
+        description="Redis (state) connections of a producer or gateway process, for short "
+        "commands; its readers (SSE streams, client.wait) share one more, their hub's",
     )
     redis_pool_size: int = Field(
         default=64,
@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     )
     stream_flush_chars: int = Field(
         default=512, ge=1, description="... or as soon as this many characters wait"
+    )
+    stream_read_gather_ms: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="a client's reader hub waits this long after a read that returned "
+        "entries, when it follows several turns, so one XREAD returns many turns' entries",
     )
 
     # --- context budget and compaction (per-agent overrides: TURNQ_CONTEXT in the agent's module)
