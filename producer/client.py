@@ -138,12 +138,8 @@ _TERMINAL = {s.value for s in TERMINAL}
 QUIET_S = 1.0  # a reader with no event this long checks Postgres
 
 
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _terminal_event(fields: dict[Any, Any], also: frozenset[str] = frozenset()) -> bool:
-    event = {_s(k): _s(v) for k, v in fields.items()}
+def _terminal_event(event: dict[str, str], also: frozenset[str] = frozenset()) -> bool:
+    """A status event that ends the turn (the hub hands entries over decoded)."""
     return event.get("type") == "status" and event.get("status") in _TERMINAL | also
 
 
