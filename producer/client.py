@@ -460,9 +460,10 @@ class AsyncClient:
         """
         last = check_event_id(last_event_id)
         await self.get_turn(turn_id, user_id)  # 404 before streaming anything
-        key = keys.events_key(check_turn_id(turn_id), self.settings.namespace)
+        tid = check_turn_id(turn_id)
+        key = keys.events_key(tid, self.settings.namespace)
         quiet_since = time.monotonic()
-        async with self.hub.subscribe(key, last) as sub:
+        async with self.hub.subscribe(key, last, turn=tid) as sub:
             while True:
                 entries = await sub.get(QUIET_S)
                 for last, event in entries:

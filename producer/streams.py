@@ -1,7 +1,13 @@
 """One blocking ``XREAD`` for every reader of a client process (decision 0011).
 
-    async with hub.subscribe(keys.events_key(turn_id), last_id) as sub:
+    async with hub.subscribe(keys.events_key(turn_id), last_id, turn=turn_id) as sub:
         entries = await sub.get(timeout=1.0)   # [(id, fields)] after last_id; [] when quiet
+
+With ``turn``, a subscriber gets the turn's events with its text, which its workers
+write to their text streams (decision 0014, ``shared.turn_events``): the hub reads the
+turn's stream from its start (a few entries: where the text is), follows the text
+streams its entries name, and hands over entries and text chunks merged in order.
+Without it (``client.wait``), only the turn's own entries: statuses and the like.
 
 A reader blocking in its own ``XREAD`` cost a Redis connection and one command per
 stream entry per reader: half the Redis commands of a streamed turn (B9).  Here one
@@ -29,7 +35,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, turn_events
+from shared.turn_events import Merger
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,10 @@ class Subscription:
     """One reader of one stream: the hub puts each batch of its new entries on ``queue``."""
 
     key: str
-    last: tuple[int, int]  # the id of the last entry handed over
+    last: tuple[int, int]  # the stream read so far for this reader
+    turn: str | None = None  # follow this turn's text (its field in text streams)
+    merger: Merger | None = None
+    texts: dict[str, tuple[int, int]] = field(default_factory=dict)  # text stream: read so far
     queue: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
 
     async def get(self, timeout: float) -> list[Entry]:  # noqa: ASYNC109 - a quiet reader checks Postgres
@@ -87,6 +97,9 @@ class StreamHub:
         self._wake_id = "0-0"
         self._gather_s = gather_ms / 1000
         self._subs: dict[str, set[Subscription]] = {}
+        self._texts: dict[str, set[Subscription]] = {}  # text stream: the turns' readers
+        self._cycle = 0  # reads so far
+        self._sync = False  # readers wait on a text stream's end: read without blocking
         self._added = asyncio.Event()
         self._blocked = False  # a read is in flight; a new key needs a wake
         self._woken = False  # ... and one wake was already sent for it
@@ -98,10 +111,16 @@ class StreamHub:
         return sum(len(subs) for subs in self._subs.values())
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, key: str, last_id: str) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, key: str, last_id: str, turn: str | None = None
+    ) -> AsyncIterator[Subscription]:
         """Entries of ``key`` after ``last_id`` until the block exits (a cancelled reader
-        unsubscribes too)."""
-        sub = Subscription(key, _id(last_id))
+        unsubscribes too); with ``turn``, the turn's events with its text, after the event
+        id ``last_id``."""
+        if turn is None:
+            sub = Subscription(key, _id(last_id))
+        else:
+            sub = Subscription(key, (0, 0), turn, Merger(turn_events.pos_of(last_id)))
         self._subs.setdefault(key, set()).add(sub)
         try:
             self._start()
@@ -111,11 +130,12 @@ class StreamHub:
                 await self._wake()
             yield sub
         finally:
-            subs = self._subs.get(key)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._subs[key]
+            for table, stream in ((self._subs, key), *((self._texts, t) for t in sub.texts)):
+                subs = table.get(stream)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del table[stream]
 
     async def aclose(self) -> None:
         """Stop reading; idempotent.  The flag as well as the cancel: a cancel that lands in
@@ -152,20 +172,29 @@ class StreamHub:
                 await self._added.wait()
                 continue
             streams = {key: self._from(subs) for key, subs in self._subs.items()}
+            texts = {key: self._text_from(key, subs) for key, subs in self._texts.items()}
+            streams |= texts
             streams[self._wake_key] = self._wake_id
-            self._blocked, self._woken = True, False
+            sync, self._sync = self._sync, False
+            self._blocked, self._woken = not sync, False
             try:
-                got: Any = await self._redis.xread(streams, count=COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
+                got: Any = await self._redis.xread(
+                    streams,  # type: ignore[arg-type]
+                    count=COUNT,
+                    block=None if sync else BLOCK_MS,
+                )
             except (RedisError, OSError) as exc:
                 log.warning("stream hub read failed (%s); reading again", type(exc).__name__)
                 await asyncio.sleep(BACKOFF_S[min(errors, len(BACKOFF_S) - 1)])
                 errors += 1
+                self._sync = sync
                 continue
             finally:
                 self._blocked = False
             errors = 0
-            delivered = self._dispatch(got or [])
-            if delivered and self._gather_s and len(self._subs) > 1:
+            self._cycle += 1
+            delivered = self._dispatch(got or [], texts if sync else {})
+            if delivered and self._gather_s and len(self._subs) > 1 and not self._sync:
                 await asyncio.sleep(self._gather_s)
 
     @staticmethod
@@ -173,18 +202,68 @@ class StreamHub:
         ms, seq = min(sub.last for sub in subs)
         return f"{ms}-{seq}"
 
-    def _dispatch(self, got: list[Any]) -> bool:
+    @staticmethod
+    def _text_from(key: str, subs: set[Subscription]) -> str:
+        ms, seq = min(sub.texts[key] for sub in subs)
+        return f"{ms}-{seq}"
+
+    def _dispatch(self, got: list[Any], synced: dict[str, str]) -> bool:
+        """Hand each subscriber its new entries.  ``synced``: the text streams of a read
+        that did not block; each returned whole (under COUNT) was read to its end."""
         delivered = False
+        merging: set[Subscription] = set()
+        ends = set(synced)
         for stream, batch in got:
             key = _s(stream)
             if key == self._wake_key:
                 self._wake_id = _s(batch[-1][0])
                 continue
             entries = [(_s(i), {_s(k): _s(v) for k, v in f.items()}) for i, f in batch]
-            for sub in self._subs.get(key, ()):
-                new = [e for e in entries if _id(e[0]) > sub.last]
-                if new:
-                    sub.last = _id(new[-1][0])
-                    sub.queue.put_nowait(new)
-                    delivered = True
+            if len(batch) >= COUNT:
+                ends.discard(key)
+            delivered |= self._take_entries(key, entries, merging)
+            self._take_text(key, entries, merging)
+        for key in ends:
+            for sub in self._texts.get(key, ()):
+                if sub.merger is not None:
+                    sub.merger.complete(key, self._cycle)
+                    merging.add(sub)
+        for sub in merging:
+            assert sub.merger is not None
+            ready = sub.merger.ready()
+            if ready:
+                sub.queue.put_nowait(ready)
+                delivered = True
+            if sub.merger.waiting:
+                self._sync = True
         return delivered
+
+    def _take_entries(self, key: str, entries: list[Entry], merging: set[Subscription]) -> bool:
+        """A turn's own entries: to plain readers as they are, to turns' readers' mergers."""
+        delivered = False
+        for sub in self._subs.get(key, ()):
+            new = [e for e in entries if _id(e[0]) > sub.last]
+            if not new:
+                continue
+            sub.last = _id(new[-1][0])
+            if sub.merger is None:
+                sub.queue.put_nowait([(i, turn_events.public(f)) for i, f in new])
+                delivered = True
+                continue
+            merging.add(sub)
+            for entry_id, fields in new:
+                route = sub.merger.entry(entry_id, fields, self._cycle)
+                if route is not None and route[0] not in sub.texts:
+                    sub.texts[route[0]] = _id(route[1])
+                    self._texts.setdefault(route[0], set()).add(sub)
+        return delivered
+
+    def _take_text(self, key: str, entries: list[Entry], merging: set[Subscription]) -> None:
+        """A worker's text stream: each reader's turn's chunks to its merger."""
+        for sub in self._texts.get(key, ()):
+            new = [e for e in entries if _id(e[0]) > sub.texts[key]]
+            if new and sub.merger is not None and sub.turn is not None:
+                sub.texts[key] = _id(new[-1][0])
+                merging.add(sub)
+                for _, fields in new:
+                    sub.merger.chunk(fields.get(sub.turn))

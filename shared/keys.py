@@ -11,7 +11,13 @@ Keys are built by functions so the layout lives in one place:
                                          EXPIRE events_ttl_s after each write.  Readers
                                          (client.wait, SSE) block on it through their
                                          process's hub (producer.streams) and then read
-                                         Postgres, which stays the truth.
+                                         Postgres, which stays the truth.  Text is not
+                                         here but in the worker's text stream
+                                         (shared.turn_events).
+    text_key(worker) turnq:text:{worker} STREAM  one worker process's text: one entry per
+                                         flush, one field per turn with text in it
+                                         (shared.turn_events); trimmed to events_ttl_s by
+                                         MINID, EXPIRE events_ttl_s.
     reader_wake_key(token)
                      turnq:wake:{token}  STREAM  one client process's hub: an entry (MAXLEN 1)
                                          ends its blocked XREAD when a reader subscribes;
@@ -90,6 +96,10 @@ def lock_key(session_id: str, ns: str | None = None) -> str:
 
 def events_key(turn_id: str, ns: str | None = None) -> str:
     return f"{_ns(ns)}turnq:events:{turn_id}"
+
+
+def text_key(worker: str, ns: str | None = None) -> str:
+    return f"{_ns(ns)}turnq:text:{worker}"
 
 
 def reader_wake_key(token: str, ns: str | None = None) -> str:

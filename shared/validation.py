@@ -19,7 +19,7 @@ from shared.errors import ContentTooLarge, InvalidInput
 # id a client was given when Postgres supplied the end of a stream.  Up to 19 digits a
 # part: every id the pattern (also the gateway's published schema) accepts is a valid
 # Redis stream id (each part < 2**64), so a schema-valid id is never refused.
-EVENT_ID = re.compile(r"^(\d{1,19})-(\d{1,19})(-final)?$")
+EVENT_ID = re.compile(r"^(\d{1,19})-(\d{1,19})(\.\d{1,9})?(-final)?$")
 
 # Printable ids: letters, digits and a few separators; no whitespace, no control characters.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
@@ -79,7 +79,7 @@ def check_event_id(value: object) -> str:
         raise InvalidInput(
             "last_event_id", "must be an event id this stream sent, e.g. 1732450000000-0"
         )
-    return f"{m.group(1)}-{m.group(2)}"
+    return f"{m.group(1)}-{m.group(2)}{m.group(3) or ''}"
 
 
 # --- content parts (Responses-API input content) ----------------------------------------

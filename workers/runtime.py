@@ -41,7 +41,7 @@ from workers.agent import (
 from workers.context import budget_filter
 from workers.journal import wrap_tools
 from workers.models import TurnqProvider
-from workers.streaming import CancelListener
+from workers.streaming import CancelListener, Publisher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +63,7 @@ class Runtime:
     send: Callable[..., None] | None = None  # (task name, session id, **options); workers.app
     _summarizer: Summarizer | None = None
     _cancels: CancelListener | None = None
+    _publisher: Publisher | None = None
     stopping: bool = False  # warm shutdown began: finish the current turn, claim no more
 
     def __post_init__(self) -> None:
@@ -75,6 +76,13 @@ class Runtime:
         if self._cancels is None:
             self._cancels = CancelListener(self)
         return self._cancels
+
+    @property
+    def publisher(self) -> Publisher:
+        """Every turn's stream events of this process (one text stream, one sender)."""
+        if self._publisher is None:
+            self._publisher = Publisher(self.redis, self.settings)
+        return self._publisher
 
     def send_task(self, task: str, session_id: str, **options: Any) -> None:
         if self.send is None:

@@ -3,9 +3,11 @@
     cancels = CancelListener(rt)          # one per worker process: one SUBSCRIBE
     stop = cancels.register(turn_id)      # an asyncio.Event set when a cancel arrives
     outbox = Outbox(rt, turn_id)           # events go out in order; text deltas coalesced
+                                           # (rt.publisher: one sender per process)
     result = await stream_run(rt, agent, turn_id, model_input, run_config, stop, outbox)
 
-Events (``keys.events_key``): ``delta`` (text, coalesced: see ``Outbox``), ``tool_call``,
+Events (``keys.events_key``, text in the process's ``keys.text_key``: see
+``shared.turn_events``): ``delta`` (text, coalesced: see ``Publisher``), ``tool_call``,
 ``tool_output``, ``retry``; status events come from ``workers/turn.py``.  Clients read them
 through ``AsyncClient.events`` (SSE in the gateway), resuming from any event id.
 
@@ -22,14 +24,19 @@ import contextlib
 import contextvars
 import json
 import logging
+import secrets
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio as aioredis
 from agents import Agent, RunConfig, RunHooks, Runner
 from agents.result import RunResultStreaming
 from redis.exceptions import RedisError
 
-from shared import keys, metrics
+from shared import keys, metrics, turn_events
+from shared.settings import Settings
+from shared.status import RUNNABLE
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -140,14 +147,7 @@ def _guarded(agent: Agent[Any], run_config: RunConfig) -> bool:
 
 
 class Outbox:
-    """A turn's stream events, sent in order without making the run wait for Redis.
-
-    Text deltas are coalesced: the text of consecutive deltas waits in ``pending`` until
-    ``stream_flush_ms`` after the first of them, or until it reaches ``stream_flush_chars``,
-    and then goes out as one ``delta`` entry holding the joined text.  Any other event
-    (tool call or output, retry, status) first moves the pending text out, then goes at
-    once: it is never delayed behind text, and the order is kept.  One sender at a time
-    takes everything queued so far in one pipeline, so a burst costs one round trip.
+    """A turn's stream events, handed to the process's ``Publisher`` in order.
 
     While an agent with output guardrails runs, its events (text, tool calls, retries)
     are held and sent only once the run ended with its output passing them: text that
@@ -156,16 +156,8 @@ class Outbox:
     """
 
     def __init__(self, rt: Runtime, turn_id: str) -> None:
-        self.rt = rt
+        self.publisher = rt.publisher
         self.turn_id = turn_id
-        self.flush_s = rt.settings.stream_flush_ms / 1000
-        self.flush_chars = rt.settings.stream_flush_chars
-        self.queued: list[dict[str, Any]] = []
-        self.pending: list[str] = []
-        self.pending_chars = 0
-        self.pending_since = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-        self.sender: asyncio.Task[None] | None = None
         self.held: list[dict[str, Any]] | None = None  # None: not holding
 
     def hold(self) -> None:
@@ -183,54 +175,200 @@ class Outbox:
     def add(self, event: dict[str, Any]) -> None:
         if self.held is not None and event.get("type") != "status":
             self.held.append(event)
-            return
-        if event.get("type") == "delta" and self.flush_s > 0:
-            text = str(event.get("text", ""))
-            if not self.pending:
-                self.pending_since = time.perf_counter()
-            self.pending.append(text)
-            self.pending_chars += len(text)
-            if self.pending_chars >= self.flush_chars:
-                self._move_text()
-                self._send_soon()
-            elif self.timer is None:
-                self.timer = asyncio.get_running_loop().call_later(self.flush_s, self._on_timer)
-            return
-        self._move_text()
-        self.queued.append(event)
-        self._send_soon()
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        self._move_text()
-        self._send_soon()
-
-    def _move_text(self) -> None:
-        """The pending text, joined, to the end of the send queue."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.pending:
-            self.queued.append({"type": "delta", "text": "".join(self.pending)})
-            self.pending, self.pending_chars = [], 0
-            metrics.STREAM_TEXT_HOLD.observe(time.perf_counter() - self.pending_since)
-
-    def _send_soon(self) -> None:
-        if self.queued and (self.sender is None or self.sender.done()):
-            self.sender = asyncio.create_task(self._send())
-
-    async def _send(self) -> None:
-        while self.queued:  # events added while a batch is in flight go in the next one
-            batch, self.queued = self.queued, []
-            await publish(self.rt, self.turn_id, *batch)
+        elif event.get("type") == "delta":
+            self.publisher.text(self.turn_id, str(event.get("text", "")))
+        else:
+            self.publisher.event(self.turn_id, event)
 
     async def flushed(self) -> None:
         """Send the pending text now and wait until everything added so far is sent (or
         Redis gave up): the end of a run, whatever ended it."""
-        self._move_text()
+        await self.publisher.flush(self.turn_id)
+
+
+@dataclass
+class _Text:
+    """One turn's text state in a publisher."""
+
+    pending: list[str] = field(default_factory=list)
+    chars: int = 0
+    since: float = 0.0
+    anchor: str | None = None  # the id of the turn's last entry this process wrote
+    n: int = 0  # chunks sent after it
+
+
+class Publisher:
+    """Every turn's events of one worker process, to Redis in order (decision 0014).
+
+    A turn's text waits until ``stream_flush_ms`` after the first of it (0: not at all),
+    or until ``stream_flush_chars`` of it wait; then the waiting text of every turn goes
+    out as one entry of the process's text stream, one field per turn
+    (``shared.turn_events``).  Any other event goes at once to the turn's own stream,
+    after that turn's waiting text: it is never delayed behind text, and the order is
+    kept.  One send at a time takes everything queued so far in one pipeline, so a
+    chunk's anchor (its turn's last entry) is known when the chunk is written.
+    """
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.ttl_s = settings.events_ttl_s
+        self.flush_s = settings.stream_flush_ms / 1000
+        self.flush_chars = settings.stream_flush_chars
+        self.key = keys.text_key(secrets.token_hex(8))
+        self.last_text_id = "0-0"  # the newest id of our text stream we know of
+        self.turns: dict[str, _Text] = {}
+        self.waiting: set[str] = set()  # turns with pending text
+        self.queue: list[tuple[str, dict[str, Any] | None, str]] = []  # (turn, event | None, text)
+        self.queued = 0  # items ever queued; ``sent`` of them are written (or given up)
+        self.sent = 0
+        self.flushes: list[tuple[int, asyncio.Future[None]]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.sender: asyncio.Task[None] | None = None
+        self.expires_at = 0.0
+
+    def text(self, turn_id: str, text: str) -> None:
+        turn = self.turns.setdefault(turn_id, _Text())
+        if not turn.pending:
+            turn.since = time.perf_counter()
+        turn.pending.append(text)
+        turn.chars += len(text)
+        if self.flush_s <= 0 or turn.chars >= self.flush_chars:
+            self._cut(turn_id)
+            self._send_soon()
+            return
+        self.waiting.add(turn_id)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.flush_s, self._on_timer)
+
+    def event(self, turn_id: str, event: dict[str, Any]) -> None:
+        self.turns.setdefault(turn_id, _Text())
+        self._cut(turn_id)
+        self._put(turn_id, event, "")
         self._send_soon()
-        if self.sender is not None:
-            await self.sender
+
+    async def flush(self, turn_id: str) -> None:
+        """Send the turn's waiting text now; return once all queued so far is sent."""
+        self._cut(turn_id)
+        self._send_soon()
+        if self.sent < self.queued:
+            done = asyncio.get_running_loop().create_future()
+            self.flushes.append((self.queued, done))
+            await asyncio.shield(done)
+
+    def _put(self, turn_id: str, event: dict[str, Any] | None, text: str) -> None:
+        self.queue.append((turn_id, event, text))
+        self.queued += 1
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        for turn_id in list(self.waiting):
+            self._cut(turn_id)
+        self._send_soon()
+
+    def _cut(self, turn_id: str) -> None:
+        """The turn's waiting text, joined, to the end of the send queue."""
+        self.waiting.discard(turn_id)
+        turn = self.turns.get(turn_id)
+        if turn is not None and turn.pending:
+            self._put(turn_id, None, "".join(turn.pending))
+            turn.pending, turn.chars = [], 0
+            metrics.STREAM_TEXT_HOLD.observe(time.perf_counter() - turn.since)
+
+    def _send_soon(self) -> None:
+        if self.queue and (self.sender is None or self.sender.done()):
+            self.sender = asyncio.create_task(self._send(), context=contextvars.Context())
+
+    async def _send(self) -> None:
+        while self.queue:  # items queued while a batch is in flight go in the next one
+            texts: dict[str, str] = {}
+            events: list[tuple[str, dict[str, Any]]] = []
+            taken = 0
+            for turn_id, event, text in self.queue:
+                if event is not None:
+                    events.append((turn_id, event))
+                elif any(t == turn_id for t, _ in events):
+                    break  # text after the turn's event: its anchor is that event's id
+                elif turn_id in texts and (
+                    self.flush_s <= 0 or len(texts[turn_id]) + len(text) > self.flush_chars
+                ):
+                    break  # a chunk holds one cut (0 ms) or up to flush_chars characters
+                else:
+                    texts[turn_id] = texts.get(turn_id, "") + text
+                taken += 1
+            del self.queue[:taken]
+            try:
+                await self._write(texts, events)
+            except (RedisError, OSError):
+                for turn_id in {*texts, *(t for t, _ in events)}:
+                    if turn_id in self.turns:  # ids unknown: the next text opens an entry
+                        self.turns[turn_id].anchor = None
+            self.sent += taken
+            while self.flushes and self.flushes[0][0] <= self.sent:
+                _, done = self.flushes.pop(0)
+                if not done.done():
+                    done.set_result(None)
+
+    async def _write(self, texts: dict[str, str], events: list[tuple[str, dict[str, Any]]]) -> None:
+        chunks = self._chunks(texts, events)
+        writes: list[str | None] = []  # per command: the turn whose entry it writes, "" text
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if chunks:
+                now = time.time()
+                minid = f"{int((now - self.ttl_s) * 1000)}-0"
+                pipe.xadd(self.key, chunks, minid=minid, approximate=True)  # type: ignore[arg-type]
+                writes.append("")
+                if now >= self.expires_at:
+                    pipe.expire(self.key, self.ttl_s)
+                    writes.append(None)
+                    self.expires_at = now + 10
+            for turn_id, event in events:
+                turn = self.turns.setdefault(turn_id, _Text())
+                fields = turn_events.wire(event) | {
+                    turn_events.TEXT_STREAM: self.key,
+                    turn_events.TEXT_FROM: self.last_text_id,
+                    turn_events.PREVIOUS: turn.anchor or "",
+                    turn_events.CHUNKS: str(turn.n),
+                }
+                key = keys.events_key(turn_id)
+                pipe.xadd(key, fields, maxlen=10_000, approximate=True)  # type: ignore[arg-type]
+                writes.append(turn_id)
+                if event.get("type") == "status":
+                    pipe.expire(key, self.ttl_s)
+                    writes.append(None)
+            results = await pipe.execute()
+        for written, result in zip(writes, results, strict=True):
+            if written == "":
+                self.last_text_id = _s(result)
+            elif written is not None:
+                entry_of = self.turns.setdefault(written, _Text())
+                entry_of.anchor, entry_of.n = _s(result), 0
+        for turn_id, event in events:  # a turn that ended or paused here is forgotten
+            if event.get("type") == "status" and event.get("status") not in _STILL_RUNNING:
+                ended = self.turns.get(turn_id)
+                if ended is not None and not ended.pending:
+                    del self.turns[turn_id]
+
+    def _chunks(
+        self, texts: dict[str, str], events: list[tuple[str, dict[str, Any]]]
+    ) -> dict[str, str]:
+        """The text stream entry's fields; a turn's text with nothing to anchor it at opens
+        an entry of its own stream instead (first in ``events``)."""
+        chunks: dict[str, str] = {}
+        for turn_id, text in texts.items():
+            turn = self.turns.setdefault(turn_id, _Text())
+            if turn.anchor is None:
+                events.insert(0, (turn_id, {"type": "delta", "text": text}))
+            else:
+                turn.n += 1
+                chunks[turn_id] = turn_events.chunk_value(turn.anchor, turn.n, text)
+        return chunks
+
+
+_STILL_RUNNING = frozenset(s.value for s in RUNNABLE)
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def describe(event: Any) -> dict[str, str] | None:
@@ -264,12 +402,13 @@ def _get(raw: Any, name: str) -> Any:
 
 
 async def publish(rt: Runtime, turn_id: str, *events: dict[str, Any]) -> None:
-    """Tell waiters (client.wait, SSE) something happened; Postgres stays the truth."""
+    """Events about a turn this process does not run (its holder vanished); Postgres stays
+    the truth."""
     key = keys.events_key(turn_id)
     with contextlib.suppress(RedisError, OSError):
         async with rt.redis.pipeline(transaction=False) as pipe:
             for event in events:
-                fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items()}
+                fields = turn_events.wire(event)
                 pipe.xadd(key, fields, maxlen=10_000, approximate=True)  # type: ignore[arg-type]
             if any(event.get("type") == "status" for event in events):
                 pipe.expire(key, rt.settings.events_ttl_s)

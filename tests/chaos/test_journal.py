@@ -15,6 +15,7 @@ each fault adds a row (kills, steps repeated) to the chaos table.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -27,9 +28,9 @@ import redis
 
 from ops.processes import ManagedProcess
 from producer import Client
-from shared import keys
 from shared.settings import Settings, get_settings
 from shared.status import TurnStatus
+from shared.turn_events import read_events
 from tests.agents_steps import (
     at_key,
     calls_key,
@@ -137,10 +138,7 @@ def kill_at(stack: Stack, load: Load, user: str, tag: str, kind: str, stop: str)
     done = client.wait(turn.id, timeout=120)
     assert done.status is TurnStatus.SUCCEEDED, (done.status, done.error_code, done.error)
     assert done.attempts >= 2, "the kill did not hit the turn"
-    events = [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in r.xrange(keys.events_key(turn.id, get_settings().namespace))
-    ]
+    events = [f for _, f in asyncio.run(read_events(_Async(r), turn.id, get_settings().namespace))]
     return Round(
         tag, stop, turn.id,
         calls={k.decode(): int(v) for k, v in r.hgetall(calls_key(tag)).items()},
@@ -149,6 +147,16 @@ def kill_at(stack: Stack, load: Load, user: str, tag: str, kind: str, stop: str)
         events=events,
         output=done.output or "",
     )  # fmt: skip
+
+
+class _Async:
+    """The reads read_events makes, on the test's (synchronous) client."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+
+    async def xrange(self, key: str, min: str = "-") -> Any:
+        return self.r.xrange(key, min=min)
 
 
 def live_only(r: Round) -> None:

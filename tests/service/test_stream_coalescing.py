@@ -1,8 +1,9 @@
 """The worker's Outbox against real Redis: text deltas coalesced, other events never delayed.
 
-Each test writes one turn's events through ``workers.streaming.Outbox`` and reads the
-turn's Redis stream back (``XRANGE``, the entries readers get).  Only the runtime's
-container is stood in (settings and a real Redis client); nothing is mocked.
+Each test writes one turn's events through ``workers.streaming.Outbox`` (the process's
+``Publisher``) and reads them back as a reader does: the turn's stream and the text
+streams it names, merged (``shared.turn_events.read_events``).  Only the runtime's
+container is stood in (settings, a real Redis client, a real Publisher); nothing is mocked.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ from typing import Any, cast
 import pytest
 import redis.asyncio as aioredis
 
-from shared import keys
 from shared.settings import Settings
+from shared.turn_events import read_events
 from workers.runtime import Runtime
-from workers.streaming import Outbox
+from workers.streaming import Outbox, Publisher
 
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
 
 @dataclass
 class _Rt:
-    settings: Settings
-    redis: aioredis.Redis
+    publisher: Publisher
 
 
 @pytest.fixture
@@ -40,11 +40,11 @@ async def r(stack_env: dict[str, str]) -> AsyncIterator[aioredis.Redis]:
 
 def outbox(r: aioredis.Redis, flush_ms: int = 50, flush_chars: int = 512) -> Outbox:
     settings = Settings(stream_flush_ms=flush_ms, stream_flush_chars=flush_chars)
-    return Outbox(cast(Runtime, _Rt(settings, r)), str(uuid.uuid4()))
+    return Outbox(cast(Runtime, _Rt(Publisher(r, settings))), str(uuid.uuid4()))
 
 
 async def entries(r: aioredis.Redis, box: Outbox) -> list[dict[str, str]]:
-    return [fields for _, fields in await r.xrange(keys.events_key(box.turn_id))]
+    return [fields for _, fields in await read_events(r, box.turn_id)]
 
 
 def text_of(events: list[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from ops.processes import ROOT
+from shared.turn_events import pos_of
 from tests.system.test_gateway_support import (
     TURNQ,
     Api,
@@ -200,9 +201,8 @@ def test_events_stream_live_and_resume_after_last_event_id(
     assert bad["errors"][0]["field"] == "Last-Event-ID"
 
 
-def _stream_id(event_id: str) -> tuple[int, int]:
-    ms, seq = event_id.split("-")[:2]
-    return int(ms), int(seq)
+def _stream_id(event_id: str) -> tuple[int, int, int]:
+    return pos_of(event_id.removesuffix("-final"))
 
 
 def test_cancel_queued_and_running_turns(
