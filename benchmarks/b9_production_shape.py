@@ -32,8 +32,8 @@ Figures:
   (per stream entry, how long its oldest text waited to be coalesced: the most it delayed
   a reader), p99 from its buckets (target <= 100 ms).  Beside it, end to end: the
   realistic arm's token latency minus the per-delta arm's, p50 and p99 (on a busy shared
-  machine the p99s measure CPU starvation more than coalescing), and the time from the
-  stub to the XADD (from the stream entry ids).
+  machine the p99s measure CPU starvation more than coalescing).  (The time from the stub
+  to the XADD is no longer read from entry ids: a text chunk's id is its anchor's, 0014.)
 
     python -m benchmarks.b9_production_shape [--sessions 1000] [--rate 5]
 """
@@ -93,14 +93,12 @@ def commands(server: PrivateRedis) -> Counter[str]:
 
 
 async def _follow(client: Any, turn_id: str, user: str, out: dict[str, list[float]]) -> None:
-    async for entry_id, event in client.events(turn_id, user):
+    async for _, event in client.events(turn_id, user):
         if event.get("type") != "delta":
             continue
         now = time.time()
-        added_ms = int(entry_id.split("-")[0]) / 1000
         for sent in read_stamps(event["text"]):
             out["latency"].append(now - sent)
-            out["to_xadd"].append(added_ms - sent)
         out["entries"].append(1.0)
 
 
@@ -111,7 +109,7 @@ async def _arrive(
     from producer import AsyncClient
     from shared.settings import Settings
 
-    out: dict[str, list[float]] = {"latency": [], "to_xadd": [], "entries": []}
+    out: dict[str, list[float]] = {"latency": [], "entries": []}
     ids: list[str] = []
     readers = []
     async with AsyncClient.from_settings(Settings(namespace=namespace)) as client:
@@ -138,9 +136,8 @@ class Sample:
     client_cpu_s: float = 0.0  # this process: the producer and every reader
     wall_s: float = 0.0
     peak_mb: float = 0.0
-    stream_bytes: list[int] = field(default_factory=list)
+    stream_bytes: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
-    to_xadd_ms: list[float] = field(default_factory=list)
     hold: Counter[float] = field(default_factory=Counter)  # the worker's histogram buckets
 
     def __add__(self, o: Sample) -> Sample:
@@ -150,7 +147,7 @@ class Sample:
             self.redis_cpu_s + o.redis_cpu_s, self.client_cpu_s + o.client_cpu_s,
             self.wall_s + o.wall_s,
             max(self.peak_mb, o.peak_mb), self.stream_bytes + o.stream_bytes,
-            self.latency_ms + o.latency_ms, self.to_xadd_ms + o.to_xadd_ms, self.hold + o.hold,
+            self.latency_ms + o.latency_ms, self.hold + o.hold,
         )  # fmt: skip
 
     def figures(self) -> dict[str, Any]:
@@ -171,8 +168,6 @@ class Sample:
             "tokens_timed": len(self.latency_ms),
             "latency_p50_ms": pct(self.latency_ms, 50),
             "latency_p99_ms": pct(self.latency_ms, 99),
-            "to_xadd_p50_ms": pct(self.to_xadd_ms, 50),
-            "to_xadd_p99_ms": pct(self.to_xadd_ms, 99),
             "hold_p50_ms": bucket_pct(self.hold, 50) * 1000,
             "hold_p99_ms": bucket_pct(self.hold, 99) * 1000,
         }
@@ -207,12 +202,19 @@ def bucket_pct(buckets: Counter[float], p: float) -> float:
     return low
 
 
+def text_bytes(server: PrivateRedis, ns: str) -> int:
+    """The memory of the workers' text streams (decision 0014)."""
+    with server.client() as r:
+        return sum(int(r.memory_usage(k) or 0) for k in r.scan_iter(f"{ns}turnq:text:*"))
+
+
 def measure(
     env: dict[str, str], server: PrivateRedis, worker: Any, sessions: list[str], rate: float
 ) -> Sample:
     """One turn per session arriving at ``rate``, each read to its end; what they cost."""
     ns = worker.env["TURNQ_NAMESPACE"]
     before, held = commands(server), hold_buckets(worker)
+    text_before = text_bytes(server, ns)
     meter = Meter([worker.pid], servers={**server_pids(), "redis": server.proc.pid}).start()
     client_cpu = time.process_time()
     ids, seen = asyncio.run(_arrive(sessions, rate, ns))
@@ -222,12 +224,15 @@ def measure(
     spent = commands(server) - before
     hold = hold_buckets(worker)
     hold.subtract(held)
-    with server.client() as r:  # the event streams' memory, on a sample of turns
-        stream_bytes = [int(r.memory_usage(keys.events_key(t, ns)) or 0) for t in ids[:20]]
+    text_each = (text_bytes(server, ns) - text_before) / max(len(ids), 1)
+    with server.client() as r:  # a turn's stream (a sample) and its share of the text streams
+        stream_bytes = [
+            int(r.memory_usage(keys.events_key(t, ns)) or 0) + text_each for t in ids[:20]
+        ]
     return Sample(
         len(ids), int(done["succeeded"]), spent, usage.cpu_s["worker"], usage.total_cpu_s,
         usage.cpu_s["redis"], client_cpu, usage.wall_s, usage.peak_mb_per_worker, stream_bytes,
-        [x * 1000 for x in seen["latency"]], [x * 1000 for x in seen["to_xadd"]], hold,
+        [x * 1000 for x in seen["latency"]], hold,
     )  # fmt: skip
 
 
@@ -325,13 +330,13 @@ def main() -> None:
             name, r["turns"], f"{r['redis_commands_per_turn']:.1f}",
             f"{r['stream_entries_per_turn']:.1f}", f"{r['worker_cpu_ms_per_turn']:.1f}",
             f"{r['latency_p50_ms']:.0f} / {r['latency_p99_ms']:.0f}",
-            f"{r['to_xadd_p50_ms']:.0f} / {r['to_xadd_p99_ms']:.0f}",
+            f"{r['stream_kb_per_turn']:.1f}",
             f"{r['hold_p50_ms']:.0f} / {r['hold_p99_ms']:.0f}",
         ]
         for name, r in a.items()
     ]  # fmt: skip
     head = ["arm", "turns", "Redis cmds/turn", "XADD/turn", "worker CPU ms/turn",
-            "token latency p50/p99 ms", "stub->XADD p50/p99 ms", "held p50/p99 ms"]  # fmt: skip
+            "token latency p50/p99 ms", "stream KB/turn", "held p50/p99 ms"]  # fmt: skip
     print(table(f"B9 production shape at {d['rate']:g} turns/s", head, rows))
     print(
         f"commands per turn {d['redis_commands_per_turn']:.1f} (target <= 40); CPU "

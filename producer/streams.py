@@ -99,6 +99,7 @@ class StreamHub:
         self._subs: dict[str, set[Subscription]] = {}
         self._texts: dict[str, set[Subscription]] = {}  # text stream: the turns' readers
         self._cycle = 0  # reads so far
+        self._read: dict[str, tuple[int, int]] = {}  # the last read: stream -> after id
         self._sync = False  # readers wait on a text stream's end: read without blocking
         self._added = asyncio.Event()
         self._blocked = False  # a read is in flight; a new key needs a wake
@@ -193,7 +194,7 @@ class StreamHub:
                 self._blocked = False
             errors = 0
             self._cycle += 1
-            delivered = self._dispatch(got or [], texts if sync else {})
+            delivered = self._dispatch(got or [], streams, sync)
             if delivered and self._gather_s and len(self._subs) > 1 and not self._sync:
                 await asyncio.sleep(self._gather_s)
 
@@ -207,12 +208,15 @@ class StreamHub:
         ms, seq = min(sub.texts[key] for sub in subs)
         return f"{ms}-{seq}"
 
-    def _dispatch(self, got: list[Any], synced: dict[str, str]) -> bool:
-        """Hand each subscriber its new entries.  ``synced``: the text streams of a read
-        that did not block; each returned whole (under COUNT) was read to its end."""
+    def _dispatch(self, got: list[Any], read: dict[str, str], sync: bool) -> bool:
+        """Hand each subscriber its new entries.  ``read``: the streams read, each after
+        an id; a subscriber behind that id (it came during the read) waits for the next.
+        ``sync``: the read did not block, so a stream returned whole (under COUNT) or not
+        at all was read to its end."""
+        self._read = {key: _id(after) for key, after in read.items()}
         delivered = False
         merging: set[Subscription] = set()
-        ends = set(synced)
+        ends = set(read) if sync else set()
         for stream, batch in got:
             key = _s(stream)
             if key == self._wake_key:
@@ -225,7 +229,7 @@ class StreamHub:
             self._take_text(key, entries, merging)
         for key in ends:
             for sub in self._texts.get(key, ()):
-                if sub.merger is not None:
+                if sub.merger is not None and self._covers(key, sub.texts[key]):
                     sub.merger.complete(key, self._cycle)
                     merging.add(sub)
         for sub in merging:
@@ -238,10 +242,17 @@ class StreamHub:
                 self._sync = True
         return delivered
 
+    def _covers(self, key: str, last: tuple[int, int]) -> bool:
+        """The read returned every entry of ``key`` after ``last`` (up to COUNT)."""
+        after = self._read.get(key)
+        return after is not None and after <= last
+
     def _take_entries(self, key: str, entries: list[Entry], merging: set[Subscription]) -> bool:
         """A turn's own entries: to plain readers as they are, to turns' readers' mergers."""
         delivered = False
         for sub in self._subs.get(key, ()):
+            if not self._covers(key, sub.last):
+                continue
             new = [e for e in entries if _id(e[0]) > sub.last]
             if not new:
                 continue
@@ -261,6 +272,8 @@ class StreamHub:
     def _take_text(self, key: str, entries: list[Entry], merging: set[Subscription]) -> None:
         """A worker's text stream: each reader's turn's chunks to its merger."""
         for sub in self._texts.get(key, ()):
+            if not self._covers(key, sub.texts[key]):
+                continue
             new = [e for e in entries if _id(e[0]) > sub.texts[key]]
             if new and sub.merger is not None and sub.turn is not None:
                 sub.texts[key] = _id(new[-1][0])

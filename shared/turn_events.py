@@ -129,8 +129,9 @@ class Merger:
             if not self.entries or not self._may_pass(*self.entries[0]):
                 return out
             p, fields, _ = self.entries.popleft()
+            for c in sorted(c for c in self.chunks if c < p):  # after a lost one: in order
+                out.append((id_of(c), {"type": "delta", "text": self.chunks.pop(c)}))
             self.last, self.anchor_w = p, fields.get(TEXT_STREAM)
-            self.chunks = {c: t for c, t in self.chunks.items() if c > p}
             out.append((id_of(p), public(fields)))
 
     def _may_pass(self, p: Pos, fields: dict[str, str], cycle: int) -> bool:
