@@ -245,7 +245,10 @@ ARMS: dict[str, tuple[str, dict[str, str], bool]] = {
     "flush_250ms": ("shape", {"TURNQ_STREAM_FLUSH_MS": "250"}, False),
     "same_at_once": ("flat", {}, False),
     "instant": ("instant", {}, True),
+    "paced_25ms": ("shape", {"TURNQ_MODEL_READ_PACE_MS": "25"}, False),
+    "paced_50ms": ("shape", {"TURNQ_MODEL_READ_PACE_MS": "50"}, False),
 }
+NEEDED = ("realistic", "per_delta", "instant")  # the ratios and the latency added
 STUBS = {
     "shape": REALISTIC,
     "flat": (*REALISTIC[:3], "--tokens-per-s", "0", "--jitter", "0"),
@@ -254,13 +257,17 @@ STUBS = {
 
 
 def run(
-    quick: bool = False, sessions: int | None = None, rate: float | None = None
+    quick: bool = False,
+    sessions: int | None = None,
+    rate: float | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     sessions = sessions or (12 if quick else 1000)
     rate = rate or 5.0
     others = 6 if quick else max(30, sessions * 3 // 20)
     rounds = 1 if quick else ROUNDS
-    arms = {k: v for k, v in ARMS.items() if v[2] or not quick}
+    arms = {k: v for k, v in ARMS.items() if (v[2] or not quick) and (not only or k in only)}
+    arms |= {k: ARMS[k] for k in NEEDED}
     pooled = {name: Sample() for name in arms}
     with ExitStack() as stack:
         env = stack.enter_context(scratch_stack())
@@ -322,8 +329,10 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=5.0, help="turns arriving per second")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--arms", help="comma-separated arms (with " + ", ".join(NEEDED) + ")")
     args = ap.parse_args()
-    d = run(args.quick, None if args.quick else args.sessions, args.rate)
+    only = args.arms.split(",") if args.arms else None
+    d = run(args.quick, None if args.quick else args.sessions, args.rate, only)
     a = d["arms"]
     rows = [
         [

@@ -272,7 +272,8 @@ class Publisher:
         if turn is not None and turn.pending:
             self._put(turn_id, None, "".join(turn.pending))
             turn.pending, turn.chars = [], 0
-            metrics.STREAM_TEXT_HOLD.observe(time.perf_counter() - turn.since)
+            if self.flush_s > 0:  # 0: nothing is held
+                metrics.STREAM_TEXT_HOLD.observe(time.perf_counter() - turn.since)
 
     def _send_soon(self) -> None:
         if self.queue and (self.sender is None or self.sender.done()):
@@ -282,11 +283,13 @@ class Publisher:
         while self.queue:  # items queued while a batch is in flight go in the next one
             texts: dict[str, str] = {}
             events: list[tuple[str, dict[str, Any]]] = []
+            evented: set[str] = set()
             taken = 0
             for turn_id, event, text in self.queue:
                 if event is not None:
                     events.append((turn_id, event))
-                elif any(t == turn_id for t, _ in events):
+                    evented.add(turn_id)
+                elif turn_id in evented:
                     break  # text after the turn's event: its anchor is that event's id
                 elif turn_id in texts and (
                     self.flush_s <= 0 or len(texts[turn_id]) + len(text) > self.flush_chars
@@ -298,7 +301,9 @@ class Publisher:
             del self.queue[:taken]
             try:
                 await self._write(texts, events)
-            except (RedisError, OSError):
+            except Exception as exc:  # Redis away (or a bug): Postgres stays the truth
+                if not isinstance(exc, RedisError | OSError):
+                    log.exception("stream events not sent")
                 for turn_id in {*texts, *(t for t, _ in events)}:
                     if turn_id in self.turns:  # ids unknown: the next text opens an entry
                         self.turns[turn_id].anchor = None

@@ -27,6 +27,7 @@ from shared.store import WorkerStore
 from tests.support.stores import Stores, stores_on
 from workers import turn as turn_module
 from workers.execute import Finished
+from workers.streaming import Publisher
 
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
@@ -49,6 +50,7 @@ def _runtime(s: Stores, redis_client: aioredis.Redis) -> Any:
     return SimpleNamespace(
         settings=get_settings(),
         redis=redis_client,
+        publisher=Publisher(redis_client, get_settings()),
         turns=WorkerStore(s.db),
         policy=SimpleNamespace(trigger_tokens=10**9),
         registry=SimpleNamespace(default="echo"),

@@ -71,8 +71,9 @@ def test_b9_and_b10_quick_measure_the_production_shape_and_the_turns_in_flight(
     assert b9["failed"] == 0 and b10["failed"] == 0
     arms = b9["arms"]
     # coalescing: far fewer stream entries than tokens, and fewer commands than per delta
-    assert arms["per_delta"]["stream_entries_per_turn"] > 300
-    assert arms["realistic"]["stream_entries_per_turn"] < 150
+    # (whose entries a worker's turns share too: one XADD carries every waiting chunk)
+    real_entries = arms["realistic"]["stream_entries_per_turn"]
+    assert real_entries < 150 and arms["per_delta"]["stream_entries_per_turn"] > 3 * real_entries
     assert b9["redis_commands_per_turn"] < b9["per_delta_commands_per_turn"]
     assert arms["realistic"]["tokens_timed"] > 0 and math.isfinite(b9["latency_added_p99_ms"])
     assert 0 < b9["hold_p99_ms"] and math.isnan(arms["per_delta"]["hold_p99_ms"])
