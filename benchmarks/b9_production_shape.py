@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -213,8 +214,8 @@ def measure(
 ) -> Sample:
     """One turn per session arriving at ``rate``, each read to its end; what they cost."""
     ns = worker.env["TURNQ_NAMESPACE"]
+    text_before = text_bytes(server, ns)  # before the count: its SCAN is not the turns'
     before, held = commands(server), hold_buckets(worker)
-    text_before = text_bytes(server, ns)
     meter = Meter([worker.pid], servers={**server_pids(), "redis": server.proc.pid}).start()
     client_cpu = time.process_time()
     ids, seen = asyncio.run(_arrive(sessions, rate, ns))
@@ -236,6 +237,8 @@ def measure(
     )  # fmt: skip
 
 
+PACED = Path(__file__).resolve().parent / "patches" / "paced_reads"
+
 # arm -> (stub, worker settings, quick): "shape" is the realistic stub, "flat" the same
 # answers delivered at once, "instant" the stub's default short answer.
 ARMS: dict[str, tuple[str, dict[str, str], bool]] = {
@@ -245,9 +248,11 @@ ARMS: dict[str, tuple[str, dict[str, str], bool]] = {
     "flush_250ms": ("shape", {"TURNQ_STREAM_FLUSH_MS": "250"}, False),
     "same_at_once": ("flat", {}, False),
     "instant": ("instant", {}, True),
-    "paced_25ms": ("shape", {"TURNQ_MODEL_READ_PACE_MS": "25"}, False),
-    "paced_50ms": ("shape", {"TURNQ_MODEL_READ_PACE_MS": "50"}, False),
+    # decision 0015 (measured, dropped): benchmarks/patches/paced_reads, only with --arms
+    "paced_25ms": ("shape", {"PYTHONPATH": str(PACED), "BENCH_READ_PACE_MS": "25"}, False),
+    "paced_50ms": ("shape", {"PYTHONPATH": str(PACED), "BENCH_READ_PACE_MS": "50"}, False),
 }
+OPT_IN = ("paced_25ms", "paced_50ms")
 NEEDED = ("realistic", "per_delta", "instant")  # the ratios and the latency added
 STUBS = {
     "shape": REALISTIC,
@@ -266,7 +271,11 @@ def run(
     rate = rate or 5.0
     others = 6 if quick else max(30, sessions * 3 // 20)
     rounds = 1 if quick else ROUNDS
-    arms = {k: v for k, v in ARMS.items() if (v[2] or not quick) and (not only or k in only)}
+    arms = {
+        k: v
+        for k, v in ARMS.items()
+        if (v[2] or not quick) and (k in only if only else k not in OPT_IN)
+    }
     arms |= {k: ARMS[k] for k in NEEDED}
     pooled = {name: Sample() for name in arms}
     with ExitStack() as stack:

@@ -68,13 +68,6 @@ class Settings(BaseSettings):
     summarizer_model: str = "gpt-4.1-nano"
     tracing: bool = False
     model_timeout_s: float = 120.0  # one model request; a timeout is retried (transient)
-    model_read_pace_ms: int = Field(
-        default=0,
-        ge=0,
-        le=200,
-        description="a streamed model response is read at most this often, so the tokens "
-        "that arrived meanwhile cost one wake-up of the worker (0: read as they come)",
-    )
     # The one retry layer for model calls (workers/retry.py): the OpenAI client's own
     # retries are off.  Bounded in count and in total time per model call.
     model_retries: int = Field(default=3, ge=0, le=20)

@@ -185,6 +185,10 @@ class Outbox:
         Redis gave up): the end of a run, whatever ended it."""
         await self.publisher.flush(self.turn_id)
 
+    def close(self) -> None:
+        """The attempt is over on this process: forget the turn's text state."""
+        self.publisher.forget(self.turn_id)
+
 
 @dataclass
 class _Text:
@@ -254,6 +258,11 @@ class Publisher:
             done = asyncio.get_running_loop().create_future()
             self.flushes.append((self.queued, done))
             await asyncio.shield(done)
+
+    def forget(self, turn_id: str) -> None:
+        """What is still queued goes out; text not cut yet is dropped (nobody flushed it)."""
+        self.waiting.discard(turn_id)
+        self.turns.pop(turn_id, None)
 
     def _put(self, turn_id: str, event: dict[str, Any] | None, text: str) -> None:
         self.queue.append((turn_id, event, text))

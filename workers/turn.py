@@ -132,12 +132,15 @@ async def run_turn(
     """
     t0 = metrics.turn_started(turn)
     outbox = Outbox(rt, turn.id)  # sent while the model runs: the turn never waits for Redis
-    outbox.add({"type": "status", "status": "running"})
-    outcome = await execute(rt, turn, context, outbox, fence)
-    metrics.TURN_RUN.observe(time.perf_counter() - t0)
-    held = await lock.still_held()
-    next_max = None if rt.stopping or not held else rt.settings.max_attempts
-    claimed = await _commit(rt, turn, fence, outcome, outbox, next_max)
+    try:
+        outbox.add({"type": "status", "status": "running"})
+        outcome = await execute(rt, turn, context, outbox, fence)
+        metrics.TURN_RUN.observe(time.perf_counter() - t0)
+        held = await lock.still_held()
+        next_max = None if rt.stopping or not held else rt.settings.max_attempts
+        claimed = await _commit(rt, turn, fence, outcome, outbox, next_max)
+    finally:
+        outbox.close()
     return claimed if next_max is not None else None
 
 

@@ -11,7 +11,7 @@ dev and tests) every call stays in-process; point ``openai_base_url`` at the stu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agents import Model, ModelProvider, OpenAIChatCompletionsModel, OpenAIResponsesModel
 
@@ -36,16 +36,12 @@ def _client(settings: Settings) -> AsyncOpenAI:
     import httpx2
     from openai import DefaultAsyncHttpxClient
 
-    from shared.models.pacing import paced_transport
     from shared.models.parsing import FastParseOpenAI
 
     # One connection per model call in flight: the SDK's default pool (1,000 connections,
     # 100 kept alive) would queue a worker's calls beyond that and reconnect after bursts.
     connections = max(1000, settings.worker_concurrency + 100)
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
-    http: dict[str, Any] = {"limits": limits}
-    if settings.model_read_pace_ms > 0:  # decision 0015
-        http = {"transport": paced_transport(limits, settings.model_read_pace_ms / 1000)}
     # "unused": a base_url-only setup (stub server, local gateway) still needs a non-empty key.
     # max_retries=0: turnq's retry policy (workers/retry.py) is the one retry layer.
     return FastParseOpenAI(
@@ -53,7 +49,7 @@ def _client(settings: Settings) -> AsyncOpenAI:
         base_url=settings.openai_base_url,
         timeout=settings.model_timeout_s,
         max_retries=0,
-        http_client=DefaultAsyncHttpxClient(**http),
+        http_client=DefaultAsyncHttpxClient(limits=limits),
     )
 
 

@@ -1,38 +1,27 @@
-"""Read a streamed model response from the socket at most every ``pace_s`` (decision 0015).
+"""Benchmark-only: a streamed model response is read from the socket at most every pace.
 
-At ~80 tokens/s every token of a streamed answer arrives alone, and each costs the worker
-a wake-up of its own: the selector, the transport, httpcore's read, the SSE decoder, the
-client's parse and the Agents SDK's event, for ~200 bytes.  Reading the socket at most
-every ``pace_s`` while an event stream comes in lets the tokens that arrived meanwhile
-come in one read: one wake-up for several.  A token waits at most ``pace_s`` more.  Only
-event-stream responses are paced, from their second read on (a request's first read, a
-JSON body, never wait), and the read after a stream's last event does not wait.
-
-    client = DefaultAsyncHttpxClient(transport=paced_transport(limits, pace_s=0.025))
+Put this folder on ``PYTHONPATH`` of a worker with ``BENCH_READ_PACE_MS`` (B9's
+``paced_25ms`` / ``paced_50ms`` arms; decision 0015, measured and dropped).  At ~80
+tokens/s every token arrives alone and costs the worker a wake-up of its own; reading the
+socket at most every pace while an event stream comes in lets the tokens that arrived
+meanwhile come in one read.  A token waits at most one pace more.  Only event-stream
+responses are paced, from their second read on, and not after a stream's last event.
 """
 
 # ruff: noqa: ASYNC109 - httpcore's network interface takes timeouts as arguments
-from __future__ import annotations
-
 import asyncio
+import os
 import ssl
 from collections.abc import Iterable
 from typing import Any
 
 import httpcore2
-import httpx2
+
+import shared.models as _models
 
 # The last events of a stream: Chat Completions' terminator, the Responses API's ends.
 _ENDS = (b"data: [DONE]", b"response.completed", b"response.failed", b"response.incomplete")
 _EVENT_STREAM = b"text/event-stream"
-
-
-def paced_transport(limits: httpx2.Limits, pace_s: float) -> httpx2.AsyncHTTPTransport:
-    transport = httpx2.AsyncHTTPTransport(limits=limits)
-    pool = transport._pool  # httpx builds its httpcore pool without a backend argument
-    assert isinstance(pool, httpcore2.AsyncConnectionPool)
-    pool._network_backend = PacedBackend(pool._network_backend, pace_s)
-    return transport
 
 
 class PacedStream(httpcore2.AsyncNetworkStream):
@@ -103,3 +92,17 @@ class PacedBackend(httpcore2.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)
+
+
+_client = _models._client
+
+
+def _paced(settings):  # type: ignore[no-untyped-def]
+    client = _client(settings)
+    pool = client._client._transport._pool  # httpx builds its pool without a backend argument
+    pace_s = float(os.environ.get("BENCH_READ_PACE_MS", "25")) / 1000
+    pool._network_backend = PacedBackend(pool._network_backend, pace_s)
+    return client
+
+
+_models._client = _paced
