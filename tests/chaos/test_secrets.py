@@ -85,7 +85,9 @@ MONITOR_FAILED = "MONITOR FAILED:"
 
 def _monitor(url: str, sink: list[str], stop: threading.Event) -> None:
     """Every command Redis receives, as MONITOR shows it, until ``stop``."""
-    client = redis.Redis.from_url(url)
+    # No read timeout (redis-py's default is 5 s): the processes may take longer than that
+    # to send their first command, and the server's close ends the read at teardown.
+    client = redis.Redis.from_url(url, socket_timeout=None)
     try:
         with client.monitor() as m:  # type: ignore[no-untyped-call]
             for command in m.listen():
