@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared import keys, turn_events
-from shared.turn_events import Merger
+from shared.turn_events import Merger, decode
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ COUNT = 100  # entries per stream per read
 BACKOFF_S = (0.1, 0.25, 0.5, 1.0)  # after consecutive Redis errors
 
 Entry = tuple[str, dict[str, str]]
-
-
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _id(entry_id: str) -> tuple[int, int]:
@@ -218,11 +214,11 @@ class StreamHub:
         merging: set[Subscription] = set()
         ends = set(read) if sync else set()
         for stream, batch in got:
-            key = _s(stream)
+            key = decode(stream)
             if key == self._wake_key:
-                self._wake_id = _s(batch[-1][0])
+                self._wake_id = decode(batch[-1][0])
                 continue
-            entries = [(_s(i), {_s(k): _s(v) for k, v in f.items()}) for i, f in batch]
+            entries = [(decode(i), {decode(k): decode(v) for k, v in f.items()}) for i, f in batch]
             if len(batch) >= COUNT:
                 ends.discard(key)
             delivered |= self._take_entries(key, entries, merging)

@@ -144,7 +144,8 @@ class Merger:
         return self.done_at.get(self.anchor_w, -1) >= cycle
 
 
-def _s(value: object) -> str:
+def decode(value: object) -> str:
+    """A Redis reply's string (bytes unless the client decodes responses)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -156,13 +157,13 @@ async def read_events(
     follow: dict[str, str] = {}
     entries: Any = await redis.xrange(keys.events_key(turn_id, ns))
     for entry_id, fields in entries:
-        route = merger.entry(_s(entry_id), {_s(k): _s(v) for k, v in fields.items()}, 0)
+        route = merger.entry(decode(entry_id), {decode(k): decode(v) for k, v in fields.items()}, 0)
         if route is not None:
             follow.setdefault(*route)
     for stream, start in follow.items():
         chunks: Any = await redis.xrange(stream, min=start)
         for _, fields in chunks:
             value = fields.get(turn_id) or fields.get(turn_id.encode())
-            merger.chunk(None if value is None else _s(value))
+            merger.chunk(None if value is None else decode(value))
         merger.complete(stream, 0)
     return merger.ready()

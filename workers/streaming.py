@@ -36,7 +36,6 @@ from redis.exceptions import RedisError
 
 from shared import keys, metrics, turn_events
 from shared.settings import Settings
-from shared.status import RUNNABLE
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -77,7 +76,7 @@ class CancelListener:
                         if message.get("type") != "message":
                             continue
                         data = message.get("data")
-                        turn_id = data.decode() if isinstance(data, bytes) else str(data)
+                        turn_id = turn_events.decode(data)
                         event = self.waiting.get(turn_id)
                         if event is not None:
                             event.set()
@@ -186,7 +185,8 @@ class Outbox:
         await self.publisher.flush(self.turn_id)
 
     def close(self) -> None:
-        """The attempt is over on this process: forget the turn's text state."""
+        """The attempt is over on this process (it flushed its last event): forget the
+        turn's text state."""
         self.publisher.forget(self.turn_id)
 
 
@@ -336,7 +336,7 @@ class Publisher:
                     writes.append(None)
                     self.expires_at = now + 10
             for turn_id, event in events:
-                turn = self.turns.setdefault(turn_id, _Text())
+                turn = self.turns.get(turn_id) or _Text()  # a forgotten turn: no anchor
                 fields = turn_events.wire(event) | {
                     turn_events.TEXT_STREAM: self.key,
                     turn_events.TEXT_FROM: self.last_text_id,
@@ -352,15 +352,9 @@ class Publisher:
             results = await pipe.execute()
         for written, result in zip(writes, results, strict=True):
             if written == "":
-                self.last_text_id = _s(result)
-            elif written is not None:
-                entry_of = self.turns.setdefault(written, _Text())
-                entry_of.anchor, entry_of.n = _s(result), 0
-        for turn_id, event in events:  # a turn that ended or paused here is forgotten
-            if event.get("type") == "status" and event.get("status") not in _STILL_RUNNING:
-                ended = self.turns.get(turn_id)
-                if ended is not None and not ended.pending:
-                    del self.turns[turn_id]
+                self.last_text_id = turn_events.decode(result)
+            elif written is not None and (entry_of := self.turns.get(written)) is not None:
+                entry_of.anchor, entry_of.n = turn_events.decode(result), 0
 
     def _chunks(
         self, texts: dict[str, str], events: list[tuple[str, dict[str, Any]]]
@@ -369,20 +363,13 @@ class Publisher:
         an entry of its own stream instead (first in ``events``)."""
         chunks: dict[str, str] = {}
         for turn_id, text in texts.items():
-            turn = self.turns.setdefault(turn_id, _Text())
-            if turn.anchor is None:
+            turn = self.turns.get(turn_id)
+            if turn is None or turn.anchor is None:
                 events.insert(0, (turn_id, {"type": "delta", "text": text}))
             else:
                 turn.n += 1
                 chunks[turn_id] = turn_events.chunk_value(turn.anchor, turn.n, text)
         return chunks
-
-
-_STILL_RUNNING = frozenset(s.value for s in RUNNABLE)
-
-
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def describe(event: Any) -> dict[str, str] | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,13 +28,6 @@ pytestmark = [pytest.mark.service, pytest.mark.anyio]
 @dataclass
 class _Rt:
     publisher: Publisher
-
-
-@pytest.fixture
-async def r(stack_env: dict[str, str]) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stack_env["TURNQ_REDIS_URL"], decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def outbox(r: aioredis.Redis, flush_ms: int = 50, flush_chars: int = 512) -> Outbox:

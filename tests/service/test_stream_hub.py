@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,20 +23,6 @@ from tests.support.servers import PrivateRedis
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
 END = {"type": "status", "status": "succeeded"}
-
-
-@pytest.fixture
-async def r(stack_env: dict[str, str]) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stack_env["TURNQ_REDIS_URL"], decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def hub(r: aioredis.Redis, uid: str) -> AsyncIterator[StreamHub]:
-    h = StreamHub(r, f"{NAMESPACE}hub{uid}:", gather_ms=5)
-    yield h
-    await h.aclose()
 
 
 async def read_to_end(hub: StreamHub, key: str, last: str = "0-0") -> list[Entry]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,26 +21,11 @@ import redis.asyncio as aioredis
 from producer.streams import Entry, StreamHub
 from shared import keys
 from shared.settings import Settings
-from tests.conftest import NAMESPACE
 from workers.streaming import Publisher
 
 pytestmark = [pytest.mark.service, pytest.mark.anyio]
 
 END = {"type": "status", "status": "succeeded"}
-
-
-@pytest.fixture
-async def r(stack_env: dict[str, str]) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stack_env["TURNQ_REDIS_URL"], decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def hub(r: aioredis.Redis, uid: str) -> AsyncIterator[StreamHub]:
-    h = StreamHub(r, f"{NAMESPACE}hub{uid}:", gather_ms=5)
-    yield h
-    await h.aclose()
 
 
 async def write_turn(pub: Publisher, turn: str, tokens: int, rng: random.Random) -> list[Any]:
